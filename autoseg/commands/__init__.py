@@ -1,0 +1,1 @@
+"""One module per ``autoseg`` subcommand; each defines ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Dataset intake: reading images, recognising dataset layouts, checking integrity."""

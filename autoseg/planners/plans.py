@@ -1,0 +1,127 @@
+"""The plans file: what every later stage reads to preprocess, build a network and train.
+
+Plain JSON (``plans.json`` in the dataset's workspace), written from these dataclasses;
+the schema is documented in ``documentation/plans.md``. Bump :data:`PLANS_VERSION` when a
+field changes meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autoseg.atomic import read_json, write_json
+
+PLANS_VERSION = 1
+
+
+@dataclass
+class NetworkTopology:
+    """An encoder-decoder's shape; one entry per resolution stage, highest resolution first.
+
+    ``strides[0]`` is always all ones (the first stage does not downsample). A stride or
+    kernel of 1 on an axis means that stage does not pool/convolve across it: that is how
+    anisotropic data gets in-plane-only (1x3x3) stages. Lists are per spatial axis in
+    numpy order; 2D configurations have two axes.
+    """
+
+    features_per_stage: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    n_conv_per_stage: int = 2
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+
+@dataclass
+class ChannelNormalization:
+    """How one input channel is normalized.
+
+    ``scheme``: ``"ct"`` (clip to ``clip_low``/``clip_high`` then z-score with the dataset's
+    ``mean``/``std``), ``"zscore"`` (per-case z-score), or ``"rgb"`` (per-case, per-channel
+    z-score of 8-bit colour).
+    """
+
+    scheme: str
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class ResamplingPlan:
+    image_order: int = 3
+    label_order: int = 1  # 1: each label resampled as a one-hot map, linear, then argmax; 0: nearest
+    # Anisotropic data: the coarse axis is resampled separately with this order (0 = nearest),
+    # so thick slices are not blurred into each other with a cubic kernel.
+    separate_axis: int | None = None
+    separate_axis_order: int = 0
+
+
+@dataclass
+class ConfigurationPlan:
+    name: str  # "2d", "3d_fullres", "3d_lowres", "3d_hybrid"
+    dim: int  # 2 or 3: the network's spatial dimensions
+    data_identifier: str  # preprocessed/<data_identifier>/ holds this configuration's data
+    spacing: list[float]  # target spacing, (z, y, x) in mm; 2d keeps z as found (no resampling across slices)
+    median_shape: list[int]  # median (z, y, x) shape after resampling
+    patch_size: list[int]  # dim entries
+    batch_size: int
+    network: NetworkTopology
+    trainer: str = "unet"
+    resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
+    # Anisotropic data (spacing ratio > 3): augmentation rotates in-plane only.
+    anisotropic: bool = False
+    notes: str = ""
+
+
+@dataclass
+class Plans:
+    version: int
+    dataset_name: str
+    planner: str
+    profile: str  # "gpu" or "cpu": which compute the topology and patch were sized for
+    gpu_memory_gb: float
+    channel_names: list[str]
+    label_values: list[int]  # class index i in the network output is label value label_values[i]
+    label_names: list[str]
+    normalization: list[ChannelNormalization]
+    configurations: dict[str, ConfigurationPlan]
+    is_2d_dataset: bool = False
+    anisotropy: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plans":
+        if d.get("version") != PLANS_VERSION:
+            raise ValueError(f"plans version {d.get('version')} is not supported (expected {PLANS_VERSION}); re-run plan-and-preprocess")
+        configs = {}
+        for name, c in d["configurations"].items():
+            c = dict(c)
+            c["network"] = NetworkTopology(**c["network"])
+            c["resampling"] = ResamplingPlan(**c.get("resampling", {}))
+            configs[name] = ConfigurationPlan(**c)
+        fields = dict(d)
+        fields["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
+        fields["configurations"] = configs
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plans":
+        return cls.from_dict(read_json(path))
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise KeyError(f"configuration '{name}' is not planned; planned: {', '.join(self.configurations)}")
+        return self.configurations[name]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_values)

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="autoseg",
+    version="0.1.0",
+    description="Self-configuring medical image segmentation (plan, preprocess, train, predict, evaluate).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["autoseg", "autoseg.*"]),
+    python_requires=">=3.10",
+    # torch is pinned by the README/CI to the CPU wheel before this runs; a range
+    # here keeps pip from replacing it with a CUDA build.
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "acvl-utils>=0.2",
+        "scikit-image",
+        "tqdm",
+        # Curves and report charts are PNGs people look at; matplotlib is the
+        # field's standard plotting library and needs no display (Agg backend).
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
+)
