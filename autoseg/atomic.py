@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,7 +50,10 @@ def remove_partials(folder: str | os.PathLike) -> int:
     n = 0
     folder = Path(folder)
     if folder.is_dir():
-        for p in folder.glob(".partial-*"):
-            p.unlink(missing_ok=True)
+        for p in folder.glob(".partial*"):  # ".partial-*" files and ".partialdir-*" folders
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             n += 1
     return n

@@ -10,7 +10,12 @@ is read from its folder.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,9 +88,152 @@ def _read_sitk(path: Path) -> sitk.Image:
     except ImageReadError:
         raise
     except Exception as e:  # SimpleITK raises RuntimeError with a long ITK trace
-        first = str(e).strip().splitlines()
-        reason = next((line for line in first if "rror" in line or "annot" in line), first[0] if first else "")
-        raise ImageReadError(f"{path}: unreadable or truncated image file ({reason.strip()[:200]})") from None
+        raise ImageReadError(f"{path}: unreadable or truncated image file ({_itk_reason(str(e))})") from None
+
+
+_ITK_PREFIX = re.compile(r"^(sitk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?|^\[\w+\]\s*")
+
+
+def _itk_reason(text: str) -> str:
+    """The informative line of an ITK exception: its first line is only a C++ source location."""
+    if "Unable to determine ImageIO reader" in text:
+        return "no image reader recognises its contents: not an image, or a wrong file ending"
+    lines = [_ITK_PREFIX.sub("", line).strip() for line in text.strip().splitlines()[1:]]
+    # ITK appends a stale errno ("No such file or directory") even when the file exists
+    lines = [line for line in lines if line and not line.startswith("Reason:") and not line.endswith(("trouble", ":"))]
+    reason = lines[-1] if lines else text.strip().splitlines()[0] if text.strip() else "unknown reason"
+    return reason[:200]
+
+
+@dataclass
+class _NiftiHeader:
+    endian: str
+    datatype: int
+    bitpix: int
+    vox_offset: int
+    num_voxels: int
+
+    @property
+    def expected_bytes(self) -> int:
+        return self.vox_offset + self.num_voxels * self.bitpix // 8
+
+
+def _nifti_header(head: bytes) -> _NiftiHeader | None:
+    """The fields of a single-file NIfTI-1/2 header that locate its voxels; None if not NIfTI."""
+    if len(head) < 348:
+        return None
+    for endian in "<>":
+        size = struct.unpack(endian + "i", head[:4])[0]
+        if size == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = struct.unpack(endian + "f", head[108:112])[0]
+            break
+        if size == 540 and len(head) >= 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dim = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        return None
+    ndim = dim[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d <= 0 for d in dim[1:ndim + 1]):
+        return None
+    nvox = int(np.prod([int(d) for d in dim[1:ndim + 1]], dtype=np.int64))
+    return _NiftiHeader(endian, int(datatype), int(bitpix), int(offset), nvox)
+
+
+def _open_nifti(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz")) and not path.is_dir()
+
+
+_NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
+
+
+def count_nonfinite_nifti(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(NaN count, infinity count)`` stored in a float NIfTI file; None for any other file.
+
+    ITK's NIfTI reader silently replaces non-finite voxels with 0, so the array from
+    :func:`read_image` cannot show them; only the raw bytes can.
+    """
+    path = Path(path)
+    if not _is_nifti(path):
+        return None
+    try:
+        with _open_nifti(path) as f:
+            header = _nifti_header(f.read(540))
+            if header is None or header.datatype not in _NIFTI_FLOAT_DTYPES:
+                return None
+            dtype = np.dtype(header.endian + _NIFTI_FLOAT_DTYPES[header.datatype])
+            f.seek(header.vox_offset)
+            n_nan = n_inf = 0
+            left = header.num_voxels
+            while left > 0:  # in chunks: a large CT as one float64 copy would double memory
+                chunk = np.frombuffer(f.read(min(left, 1 << 24) * dtype.itemsize), dtype)
+                if chunk.size == 0:
+                    break
+                if not np.isfinite(chunk).all():
+                    n_nan += int(np.isnan(chunk).sum())
+                    n_inf += int(np.isinf(chunk).sum())
+                left -= chunk.size
+    except (OSError, EOFError, zlib.error, ValueError):
+        return None  # unreadable files are reported by read_image
+    return n_nan, n_inf
+
+
+def _gzip_payload_size(path: Path) -> int:
+    """Bytes that decompress from ``path`` before its data ends or breaks (all gzip members)."""
+    total = 0
+    d = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            while chunk:
+                try:
+                    total += len(d.decompress(chunk))
+                except zlib.error:
+                    return total
+                if not d.eof:
+                    break
+                chunk = d.unused_data  # another gzip member follows
+                d = zlib.decompressobj(wbits=31)
+    return total
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI file shorter than its header says.
+
+    ITK reads a truncated ``.nii``/``.nii.gz`` without complaint and fills the missing voxels
+    with zeros, which would silently train on half-empty images.
+    """
+    if not _is_nifti(path):
+        return
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with _open_nifti(path) as f:
+            header = _nifti_header(f.read(540))
+        if header is None:
+            return
+        expected = header.expected_bytes
+        if not compressed:
+            actual = path.stat().st_size
+        else:
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")  # gzip trailer: size mod 2**32
+            if isize == expected % 2**32:
+                return
+            # trailer disagrees: truncated, or a multi-member gzip; decompress to be sure
+            actual = _gzip_payload_size(path)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ImageReadError(f"{path}: unreadable or truncated image file ({e})") from None
+    if actual < expected:
+        raise ImageReadError(
+            f"{path}: truncated NIfTI file: it holds {actual} of the {expected} bytes its header declares"
+            + (" (uncompressed)" if compressed else ""))
 
 
 def _split_geometry(img: sitk.Image) -> Geometry:
@@ -98,9 +246,11 @@ def _split_geometry(img: sitk.Image) -> Geometry:
         d = np.array(direction).reshape(4, 4)[:3, :3]
         direction = list(d.ravel())
         dim = 3
+    origin = tuple(float(v) for v in origin)
+    direction = tuple(float(v) for v in direction)
     if dim == 2:
-        return Geometry((1.0, float(spacing[1]), float(spacing[0])), tuple(origin), tuple(direction), 2)
-    return Geometry(tuple(float(s) for s in spacing[::-1]), tuple(origin), tuple(direction), 3)
+        return Geometry((1.0, float(spacing[1]), float(spacing[0])), origin, direction, 2)
+    return Geometry(tuple(float(s) for s in spacing[::-1]), origin, direction, 3)
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
@@ -110,6 +260,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """
     path = Path(path)
     img = _read_sitk(path)
+    _check_nifti_complete(path)
     geometry = _split_geometry(img)
     try:
         arr = sitk.GetArrayFromImage(img)
@@ -166,5 +317,25 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
         img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
         img.SetOrigin(geometry.origin)
         img.SetDirection(geometry.direction)
+    if name.endswith(HEADER_DATA_ENDINGS):
+        _write_header_and_data(img, path)
+        return
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+HEADER_DATA_ENDINGS = (".mhd", ".nhdr")
+
+
+def _write_header_and_data(img: sitk.Image, path: Path) -> None:
+    """Write a header + data-file pair (MHD/NHDR) under their final names, header last.
+
+    The header names its data file, so both must be written with their final names: they go
+    to a hidden temporary folder first, then the data file and finally the header are moved
+    into place, so a header that is present always points at complete data.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".partialdir-") as tmpdir:
+        sitk.WriteImage(img, str(Path(tmpdir) / path.name), useCompression=True)
+        for f in sorted(Path(tmpdir).iterdir(), key=lambda f: f.name == path.name):
+            os.replace(f, path.parent / f.name)

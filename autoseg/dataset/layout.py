@@ -94,14 +94,23 @@ def _file_ending(name: str) -> str:
 
 
 def _inside(root: Path, rel: str, problems: list[Problem], case_id: str | None) -> Path | None:
-    """Resolve a dataset.json path, refusing anything that escapes the dataset folder."""
-    p = (root / rel).resolve()
+    """Resolve a dataset.json path, refusing anything that escapes the dataset folder.
+
+    The check is on the path as written (``..``, absolute paths), not on where symlinks
+    lead: ``imagesTr`` linked to another disk is a common, legitimate setup.
+    """
+    p = _lexical(root / rel)
     try:
-        p.relative_to(root.resolve())
+        p.relative_to(root)
     except ValueError:
         problems.append(Problem(f"path '{rel}' in dataset.json points outside the dataset folder", case_id, "dataset.json"))
         return None
     return p
+
+
+def _lexical(path: Path) -> Path:
+    """``path`` with ``.``/``..`` collapsed but symlinks left alone."""
+    return Path(os.path.normpath(path))
 
 
 def _strip_ending(name: str) -> str:
@@ -110,6 +119,10 @@ def _strip_ending(name: str) -> str:
 
 def _parse_labels(raw: dict, name_to_value: bool, problems: list[Problem]) -> dict[int, str]:
     labels: dict[int, str] = {}
+    if not isinstance(raw, dict) or not raw:
+        shape = "{name: value}" if name_to_value else "{value: name}"
+        problems.append(Problem(f"'labels' must be a non-empty object {shape}", None, "dataset.json"))
+        return labels
     for k, v in raw.items():
         key, val = (v, k) if name_to_value else (k, v)
         if isinstance(key, (list, tuple)):
@@ -181,7 +194,7 @@ def _channel_list(raw, key: str, problems: list[Problem]) -> list[str]:
 
 def _load_msd(root: Path, meta: dict, problems: list[Problem]) -> DatasetSpec:
     channel_names = _channel_list(meta.get("modality"), "modality", problems)
-    labels = _parse_labels(meta.get("labels", {}), name_to_value=False, problems=problems)
+    labels = _parse_labels(meta.get("labels"), name_to_value=False, problems=problems)
     cases: list[Case] = []
     training = meta.get("training")
     if not isinstance(training, list):
@@ -214,19 +227,20 @@ def _load_msd(root: Path, meta: dict, problems: list[Problem]) -> DatasetSpec:
     return DatasetSpec(root, str(meta.get("name") or root.name), "msd", channel_names, labels, ending, cases, is_2d)
 
 
-def _report_unlisted(root: Path, sub: str, listed: set[Path], problems: list[Problem]) -> None:
+def _report_unlisted(root: Path, sub: str, listed: set[Path], problems: list[Problem],
+                     why: str = "not listed in dataset.json 'training'") -> None:
     folder = root / sub
     if not folder.is_dir():
         return
     for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or f.resolve() in listed:
+        if f.name.startswith(".") or _lexical(f) in listed:
             continue
-        problems.append(Problem(f"extra file in {sub}/ not listed in dataset.json 'training'", None, str(f.relative_to(root))))
+        problems.append(Problem(f"extra file in {sub}/ {why}", None, str(f.relative_to(root))))
 
 
 def _load_nnunetv2(root: Path, meta: dict, problems: list[Problem]) -> DatasetSpec:
     channel_names = _channel_list(meta.get("channel_names"), "channel_names", problems)
-    labels = _parse_labels(meta.get("labels", {}), name_to_value=True, problems=problems)
+    labels = _parse_labels(meta.get("labels"), name_to_value=True, problems=problems)
     ending = str(meta["file_ending"])
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir():
@@ -254,8 +268,8 @@ def _load_nnunetv2(root: Path, meta: dict, problems: list[Problem]) -> DatasetSp
         label = labels_dir / f"{case_id}{ending}"
         cases.append(Case(case_id, [chans[i] for i in sorted(chans) if i < n_ch], label))
     if labels_dir.is_dir():
-        known = {c.label_file.resolve() for c in cases if c.label_file}
-        _report_unlisted(root, "labelsTr", known, problems)
+        known = {_lexical(c.label_file) for c in cases if c.label_file}
+        _report_unlisted(root, "labelsTr", known, problems, f"has no image CASE_0000{ending} in imagesTr/")
     n_declared = meta.get("numTraining")
     if isinstance(n_declared, int) and n_declared != len(cases):
         problems.append(Problem(f"numTraining says {n_declared} but imagesTr holds {len(cases)} case(s)", None, "dataset.json"))

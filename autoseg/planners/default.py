@@ -1,0 +1,229 @@
+"""The default planner: nnU-Net's rules, plus a CPU profile sized for a few cores.
+
+Each decision is one method, so a subclass changes one rule (see ``documentation/plans.md``):
+:meth:`DefaultPlanner.target_spacing`, :meth:`~DefaultPlanner.normalization`,
+:meth:`~DefaultPlanner.resampling`, :meth:`~DefaultPlanner.patch_and_topology`,
+:meth:`~DefaultPlanner.batch_size`, :meth:`~DefaultPlanner.cost` / :meth:`~DefaultPlanner.budget`,
+and one method per configuration.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from autoseg.planners.base import Planner
+from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, ResamplingPlan
+from autoseg.planners.topology import (
+    MIN_SIZE_TO_POOL,
+    fit_patch,
+    total_stride,
+    training_flops,
+    training_memory_bytes,
+)
+
+# Spacing ratio (coarsest / finest) above which data counts as anisotropic.
+ANISOTROPY_THRESHOLD = 3.0
+# One batch covers at most this fraction of the dataset's voxels, so small datasets are not
+# trained with batches that are mostly the same images.
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+# 3d_lowres is planned when the full-resolution patch covers less than this of the median image.
+LOWRES_THRESHOLD = 0.25
+LOWRES_SPACING_STEP = 1.05
+# CPU profile: FLOPs of one training iteration (forward + backward). A 16-128 feature U-Net,
+# batch 4, patch 40x56x40 costs 1.15e11 and runs ~0.3 s/iteration on 2 cores in bf16.
+CPU_FLOPS_PER_ITERATION = 1.4e11
+RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
+
+
+class DefaultPlanner(Planner):
+    name = "default"
+
+    # --- profile: how big a network and batch this machine affords ---
+
+    def features(self, dim: int) -> tuple[int, int]:
+        """(features of the first stage, cap): doubling per stage up to the cap."""
+        if self.profile == "cpu":
+            return 16, (128 if dim == 3 else 256)
+        return 32, (320 if dim == 3 else 512)
+
+    def batch_limits(self, dim: int) -> tuple[int, int | None]:
+        """(smallest batch, the one the patch is sized for; largest batch, None: only memory and
+        the dataset-fraction cap limit it)."""
+        if self.profile == "cpu":
+            return (4, 4) if dim == 3 else (8, 16)
+        return 2, None
+
+    def cost(self, patch: list[int], topology: NetworkTopology, batch: int) -> float:
+        """What the budget limits: GPU memory in bytes, or CPU FLOPs per iteration."""
+        if self.profile == "cpu":
+            return training_flops(topology, patch, batch, len(self.fingerprint.channel_names), len(self.fingerprint.label_values))
+        return training_memory_bytes(topology, patch, batch)
+
+    def budget(self, dim: int) -> float:
+        return CPU_FLOPS_PER_ITERATION if self.profile == "cpu" else self.gpu_memory_gb * 1e9
+
+    # --- spacing and intensities ---
+
+    def is_anisotropic(self) -> bool:
+        return not self.fingerprint.is_2d and self.fingerprint.anisotropy > ANISOTROPY_THRESHOLD
+
+    def coarse_axis(self) -> int | None:
+        """The axis with the coarsest median spacing, on anisotropic data; else None."""
+        return int(np.argmax(self.fingerprint.median_spacing)) if self.is_anisotropic() else None
+
+    def target_spacing(self) -> list[float]:
+        """Median spacing; on anisotropic data the coarse axis takes the 10th percentile of its
+        spacings, so the few finely sliced cases are not thrown away by downsampling."""
+        spacing = [float(s) for s in self.fingerprint.median_spacing]
+        axis = self.coarse_axis()
+        if axis is not None:
+            spacing[axis] = float(np.percentile(self.fingerprint.spacings[:, axis], 10))
+        return spacing
+
+    def normalization(self) -> list[ChannelNormalization]:
+        fp = self.fingerprint
+        names = [n.strip().lower() for n in fp.channel_names]
+        rgb = len(names) == 3 and (set(names) <= RGB_NAMES or fp.is_2d)
+        out = []
+        for name, stats in zip(names, fp.intensity):
+            if name == "ct":
+                # HU mean something: clip to the foreground's range, then one dataset-wide z-score
+                out.append(ChannelNormalization("ct", clip_low=stats.percentile_00_5, clip_high=stats.percentile_99_5,
+                                                mean=stats.clipped_mean, std=stats.clipped_std))
+            elif rgb:
+                out.append(ChannelNormalization("rgb"))
+            else:
+                out.append(ChannelNormalization("zscore"))
+        return out
+
+    def resampling(self) -> ResamplingPlan:
+        """Cubic images, linear per-label maps; the coarse axis of anisotropic data is
+        resampled separately with nearest neighbour, so thick slices are not blended."""
+        return ResamplingPlan(image_order=3, label_order=1, separate_axis=self.coarse_axis(), separate_axis_order=0)
+
+    # --- patch, topology, batch ---
+
+    def patch_and_topology(self, spacing: list[float], median_shape: list[int],
+                           frozen_axes: tuple[int, ...] = ()) -> tuple[list[int], NetworkTopology]:
+        """Largest patch up to the median image shape whose training iteration fits the budget.
+
+        Starts at the median shape (rounded up to divide by the network's stride); while too
+        costly, the axis spanning the most millimetres shrinks by one stride step, so a shrunken
+        patch tends to a cube in mm and keeps context in every direction (thick-slice axes,
+        which span many mm in few voxels, keep their slices longest relative to in-plane).
+        """
+        dim = len(spacing)
+        base, cap = self.features(dim)
+        kwargs = dict(base_features=base, max_features=cap, frozen_axes=frozen_axes)
+        patch, topology = fit_patch([max(1, int(m)) for m in median_shape], spacing, **kwargs)
+        batch = self.batch_limits(dim)[0]
+        budget = self.budget(dim)
+        while self.cost(patch, topology, batch) > budget:
+            stride = total_stride(topology)
+            shrinkable = [a for a in range(dim) if patch[a] - stride[a] >= MIN_SIZE_TO_POOL]
+            if not shrinkable:
+                break  # as small as a useful patch gets; the batch stays at its minimum
+            axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
+            smaller = list(patch)
+            smaller[axis] -= stride[axis]
+            new_patch, new_topology = fit_patch(smaller, spacing, **kwargs)
+            if math.prod(new_patch) >= math.prod(patch):
+                break
+            patch, topology = new_patch, new_topology
+        return patch, topology
+
+    def batch_size(self, patch: list[int], topology: NetworkTopology, dataset_voxels: float) -> int:
+        """Grow from the profile's smallest batch while the budget allows; growth stops where one
+        batch would cover more than 5% of the dataset's voxels (bigger batches of a small dataset
+        repeat the same images). Never below the profile's smallest batch (>= 2: instance norm
+        and the loss need more than one sample to be stable)."""
+        dim = len(patch)
+        smallest, largest = self.batch_limits(dim)
+        batch, budget = smallest, self.budget(dim)
+        while (largest is None or batch < largest) and batch < 1024 and self.cost(patch, topology, batch + 1) <= budget:
+            batch += 1
+        data_cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / math.prod(patch))
+        return max(smallest, min(batch, data_cap))
+
+    # --- configurations ---
+
+    def data_identifier(self, name: str, spacing: list[float]) -> str:
+        return f"{name}_{'x'.join(f'{s:.2f}' for s in spacing)}"
+
+    def make_configuration(self, name: str, dim: int, spacing: list[float], frozen_axes: tuple[int, ...] = (),
+                           trainer: str = "unet", notes: str = "") -> ConfigurationPlan:
+        """Plan one configuration at ``spacing`` (z, y, x); a 2D network uses the last two axes."""
+        median = self.median_shape(spacing)
+        net_spacing, net_median = spacing[3 - dim:], median[3 - dim:]
+        patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes)
+        batch = self.batch_size(patch, topology, self.dataset_voxels(spacing))
+        ratio = max(net_spacing) / min(net_spacing)
+        return ConfigurationPlan(
+            name=name, dim=dim, data_identifier=self.data_identifier(name, spacing),
+            spacing=[float(s) for s in spacing], median_shape=median, patch_size=patch, batch_size=batch,
+            network=topology, trainer=trainer, resampling=self.resampling(),
+            anisotropic=bool(dim == 3 and ratio > ANISOTROPY_THRESHOLD), notes=notes,
+        )
+
+    def configuration_2d(self) -> ConfigurationPlan:
+        spacing = self.target_spacing()
+        notes = ""
+        if not self.fingerprint.is_2d:
+            # slices are not resampled across: z is kept at the median slice spacing so the
+            # 2d configuration can share the 3d_fullres data and sample slices from it
+            spacing[0] = float(self.fingerprint.median_spacing[0])
+            notes = ("spacing[0] is the median slice spacing: the 2d network never looks across slices, "
+                     "it is trained on single slices of the preprocessed volumes")
+        return self.make_configuration("2d", 2, spacing, notes=notes)
+
+    def configuration_3d_fullres(self) -> ConfigurationPlan:
+        return self.make_configuration("3d_fullres", 3, self.target_spacing())
+
+    def configuration_3d_lowres(self, fullres: ConfigurationPlan) -> ConfigurationPlan | None:
+        """A coarser spacing whose patch covers the median image, when the full-resolution patch
+        sees less than a quarter of it; None otherwise. Anisotropic data coarsens its fine axes
+        first, until they reach the coarse one."""
+        if math.prod(fullres.patch_size) >= LOWRES_THRESHOLD * math.prod(fullres.median_shape):
+            return None
+        spacing = list(fullres.spacing)
+        for _ in range(200):
+            coarsest = max(spacing)
+            grow = [a for a in range(3) if spacing[a] * LOWRES_SPACING_STEP < coarsest] or [0, 1, 2]
+            for a in grow:
+                spacing[a] *= LOWRES_SPACING_STEP
+            median = self.median_shape(spacing)
+            patch, _ = self.patch_and_topology(spacing, median)
+            if math.prod(patch) >= math.prod(median):
+                break
+        config = self.make_configuration("3d_lowres", 3, spacing,
+                                         notes="coarser spacing so the patch covers the median image; "
+                                               "its predictions feed a cascade or an ensemble")
+        return config
+
+    def configuration_3d_hybrid(self, fullres: ConfigurationPlan) -> ConfigurationPlan | None:
+        """On anisotropic data: the full-resolution data with an in-plane-only topology (no pooling
+        and kernel 1 across the coarse axis at every stage); the hybrid trainer's network mixes
+        information across slices its own way."""
+        axis = self.coarse_axis()
+        if axis is None:
+            return None
+        return self.make_configuration("3d_hybrid", 3, list(fullres.spacing), frozen_axes=(axis,), trainer="hybrid",
+                                       notes=f"in-plane topology: axis {axis} is never pooled or convolved")
+
+    def plan_configurations(self) -> dict[str, ConfigurationPlan]:
+        configs: dict[str, ConfigurationPlan] = {}
+        fullres = None if self.fingerprint.is_2d else self.configuration_3d_fullres()
+        configs["2d"] = self.configuration_2d()
+        if fullres is not None:
+            configs["3d_fullres"] = fullres
+            for extra in (self.configuration_3d_lowres(fullres), self.configuration_3d_hybrid(fullres)):
+                if extra is not None:
+                    configs[extra.name] = extra
+        # configurations at the same spacing read the same preprocessed data
+        by_spacing: dict[tuple, str] = {}
+        for name in ["3d_fullres", "2d", "3d_lowres", "3d_hybrid"]:
+            if name in configs:
+                key = tuple(round(s, 6) for s in configs[name].spacing)
+                configs[name].data_identifier = by_spacing.setdefault(key, configs[name].data_identifier)
+        return configs
