@@ -20,11 +20,22 @@ if TYPE_CHECKING:
 PROFILES = ("gpu", "cpu")
 
 
+def _gpu_driver_present() -> bool:
+    """False when no GPU driver is visible; only then is "no GPU" certain without torch."""
+    import os
+    import sys
+
+    markers = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+    return os.name != "posix" or sys.platform == "darwin" or any(os.path.exists(m) for m in markers)
+
+
 def resolve_profile(profile: str) -> str:
     """``"auto"`` becomes ``"gpu"`` when CUDA is available, else ``"cpu"``."""
     from autoseg.cli import UserError
 
     if profile == "auto":
+        if not _gpu_driver_present():
+            return "cpu"  # decided without importing torch, which costs 2-3 s of start-up
         import torch  # only here: planning otherwise needs no torch
 
         return "gpu" if torch.cuda.is_available() else "cpu"

@@ -91,6 +91,9 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     is_2d_dataset: bool = False
     anisotropy: float = 1.0
+    # N4 bias-field correction of MRI channels before cropping (plan-and-preprocess --n4);
+    # inference applies the same correction so the model sees what it was trained on.
+    n4_bias_correction: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
