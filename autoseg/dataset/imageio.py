@@ -305,7 +305,13 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
             raise ValueError(f"{path}: cannot write {array.shape[0]} slices into a 2D file")
         arr2 = array[0]
         if name.endswith((".png", ".bmp", ".jpg", ".jpeg")) and arr2.dtype != np.uint8:
-            arr2 = arr2.astype(np.uint8)
+            if np.issubdtype(arr2.dtype, np.floating) or not name.endswith(".png"):
+                raise ValueError(f"{path}: {arr2.dtype} pixels cannot be stored in this 8-bit format; use .tif or .nii.gz")
+            lo, hi = (int(arr2.min()), int(arr2.max())) if arr2.size else (0, 0)
+            if lo < 0 or hi > 65535:
+                raise ValueError(f"{path}: values {lo}..{hi} do not fit a PNG (0..65535)")
+            # PNG holds 16-bit grey too: label values above 255 must not wrap around
+            arr2 = arr2.astype(np.uint8 if hi <= 255 else np.uint16)
         img = sitk.GetImageFromArray(arr2)
         img.SetSpacing((geometry.spacing[2], geometry.spacing[1]))
         if len(geometry.origin) == 2:

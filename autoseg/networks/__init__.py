@@ -1,1 +1,52 @@
-"""networks stage."""
+"""Networks: dimension-agnostic U-Nets built from a plans configuration.
+
+``build_network(plans, config, architecture)`` is the one entry point the trainers and the
+inference code use; a new architecture plugs in with one line in :data:`ARCHITECTURES`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoseg.networks.resenc_unet import ResEncUNet
+from autoseg.networks.unet import UNet, total_stride
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autoseg.planners.plans import ConfigurationPlan, NetworkTopology, Plans
+
+# every class takes (in_channels, num_classes, topology, dim, deep_supervision)
+ARCHITECTURES: dict[str, type] = {
+    "unet": UNet,
+    "resenc_unet": ResEncUNet,
+}
+
+
+def build_network(plans: "Plans", config: "ConfigurationPlan", architecture: str = "unet",
+                  deep_supervision: bool = True) -> "nn.Module":
+    if architecture not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture](
+        in_channels=len(plans.channel_names),
+        num_classes=plans.num_classes,
+        topology=config.network,
+        dim=config.dim,
+        deep_supervision=deep_supervision,
+    )
+
+
+def deep_supervision_scales(topology: "NetworkTopology") -> list[list[float]]:
+    """Downsampling factor (>= 1, per axis) of each deep-supervision output, full resolution first.
+
+    Output ``d`` comes from decoder stage ``d``, whose resolution is the input's divided by the
+    product of ``strides[0..d]``; the bottleneck has no head, so there are ``n_stages - 1``.
+    """
+    scales = []
+    factor = [1.0] * len(topology.strides[0])
+    for st in topology.strides[:-1]:
+        factor = [a * b for a, b in zip(factor, st)]
+        scales.append(list(factor))
+    return scales
+
+
+__all__ = ["ARCHITECTURES", "UNet", "ResEncUNet", "build_network", "deep_supervision_scales", "total_stride"]

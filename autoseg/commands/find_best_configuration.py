@@ -1,0 +1,43 @@
+"""``autoseg find-best-configuration``: pick the configuration/ensemble and postprocessing to predict with."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "find-best-configuration",
+        help="choose the best configuration or ensemble and its postprocessing on cross-validation",
+        description="Score every trained configuration (all requested folds must have validation "
+                    "predictions) and every pair of them as an ensemble by cross-validated mean "
+                    "foreground Dice, then decide largest-component postprocessing on the winner. "
+                    "Writes best_configuration.json (read by autoseg predict), find_best_report.md "
+                    "and find_best.png into the dataset's workspace folder.",
+    )
+    p.add_argument("dataset", help="dataset name in the workspace, or the raw dataset folder")
+    p.add_argument("--workspace", default=None, help="workspace folder (default: $AUTOSEG_HOME or ~/autoseg_workspace)")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, help="only these configurations (default: all trained)")
+    p.add_argument("-t", "--trainers", nargs="+", default=None, help="only these trainers (default: all trained)")
+    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="folds whose validation predictions to use (default 0 1 2 3 4)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.cli import UserError
+    from autoseg.postprocessing.find_best import find_best_configuration
+    from autoseg.workspace import resolve_dataset
+
+    ws = resolve_dataset(args.dataset, args.workspace)
+    if not ws.root.is_dir():
+        raise UserError(f"{ws.root}: no such dataset in the workspace; run plan-and-preprocess first")
+    result = find_best_configuration(ws, args.configurations, args.trainers, args.folds)
+    for c in sorted(result["candidates"], key=lambda c: -c["mean_dice"]):
+        mark = "  <- selected" if c["name"] == result["selected"]["name"] else ""
+        print(f"{c['mean_dice']:.4f}  {c['name']}{mark}")
+    pp = result["selected"]["postprocessing"]
+    print(f"postprocessing: largest foreground component {'on' if pp['foreground_largest_component'] else 'off'}, "
+          f"per class {pp['per_class_largest_component'] or 'none'}; mean Dice "
+          f"{result['dice_before_postprocessing']['mean']:.4f} -> {result['dice_after_postprocessing']['mean']:.4f}")
+    print(f"wrote {ws.best_configuration_file} and {ws.root / 'find_best_report.md'}")
+    return 0

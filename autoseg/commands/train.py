@@ -1,0 +1,91 @@
+"""``autoseg train``: train one fold of one configuration, then validate it."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """Train one cross-validation fold of a planned configuration, then predict the fold's
+validation cases in their original geometry and score them.
+
+Results go to <workspace>/<dataset>/results/<trainer>__<configuration>/fold_<k>/:
+checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/ (segmentations,
+probabilities, summary.json). Splits are made once per dataset (splits.json); cases of one
+patient stay in one fold. An interrupted run resumes with --continue."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train one fold of a configuration", description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", metavar="DATASET", help="dataset name in the workspace, or the raw dataset folder")
+    p.add_argument("configuration", metavar="CONFIGURATION", help="a planned configuration, e.g. 3d_fullres or 2d")
+    p.add_argument("fold", metavar="FOLD", help="fold 0-4, or 'all' to train on every case")
+    p.add_argument("--trainer", default=None,
+                   help="registered trainer (unet, resenc_unet), 'module:Class' or 'file.py:Class' "
+                        "(default: the configuration's planned trainer)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs (default 1000)")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help="training iterations per epoch (default 250 on GPU, 50 on CPU)")
+    p.add_argument("--val-iters", type=int, default=None,
+                   help="validation batches of patches after each epoch (default 50 on GPU, 10 on CPU; 0: none)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="wall-clock budget for the whole run including the final validation; "
+                        "the number of iterations and the LR schedule are fitted to it")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (default: bf16 on CPUs with native bf16 and on recent GPUs)")
+    p.add_argument("--num-workers", type=int, default=None, help="background augmentation processes")
+    p.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="resume from checkpoint_latest.pt (optimizer, LR schedule, epoch, RNG)")
+    p.add_argument("--no-validation", action="store_true",
+                   help="skip predicting the validation cases at the end")
+    p.add_argument("--group-regex", default=None,
+                   help="regex whose first group names a case's patient (kept in one fold); "
+                        "used when splits are first made and remembered in grouping.json")
+    p.add_argument("--seed", type=int, default=0, help="seed for patch sampling and augmentation")
+    p.add_argument("--workspace", default=None, help="workspace folder (default $AUTOSEG_HOME or ~/autoseg_workspace)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.cli import UserError
+    from autoseg.trainers.base import TrainingSettings
+    from autoseg.trainers.registry import TrainerNotFound, get_trainer
+    from autoseg.workspace import resolve_dataset
+
+    ws = resolve_dataset(args.dataset, args.workspace)
+    if not ws.root.is_dir():
+        raise UserError(f"{ws.root} does not exist; run 'autoseg plan-and-preprocess {args.dataset}' first")
+    trainer_name = args.trainer
+    if trainer_name is None:
+        from autoseg.planners.plans import Plans
+
+        if not ws.plans_file.is_file():
+            raise UserError(f"{ws.plans_file} does not exist; run 'autoseg plan-and-preprocess' first")
+        plans = Plans.load(ws.plans_file)
+        try:
+            trainer_name = plans.configuration(args.configuration).trainer
+        except KeyError as e:
+            raise UserError(f"{ws.plans_file}: {e.args[0]}") from None
+    try:
+        trainer_cls = get_trainer(trainer_name)
+    except TrainerNotFound as e:
+        raise UserError(str(e)) from None
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise UserError("--time-budget must be a positive number of minutes")
+    settings = TrainingSettings(
+        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+        time_budget_min=args.time_budget, device=args.device, precision=args.precision,
+        num_workers=args.num_workers, final_validation=not args.no_validation,
+        continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed)
+    trainer = trainer_cls(ws, args.configuration, args.fold, settings)
+    try:
+        summary = trainer.run()
+    except KeyboardInterrupt:
+        print("autoseg train: interrupted; resume with the same command plus --continue", file=sys.stderr)
+        return 130
+    if summary:
+        fg = summary.get("foreground_mean", {})
+        print(f"validation of fold {args.fold}: mean Dice {fg.get('Dice', float('nan')):.4f} over "
+              f"{summary.get('num_cases')} case(s); details in {trainer.fold_dir / 'validation' / 'summary.json'}")
+    print(f"model: {trainer.results_dir}")
+    return 0

@@ -1,0 +1,76 @@
+"""Dimension-agnostic layer factories: one network class serves 2D and 3D.
+
+A network asks for ``conv(dim)`` instead of naming ``nn.Conv3d``, so the same code builds
+the 2D configuration (two spatial axes) and the 3D ones (three).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
+
+
+def _check(dim: int) -> None:
+    if dim not in (2, 3):
+        raise ValueError(f"networks support 2 or 3 spatial dimensions, got {dim}")
+
+
+def conv(dim: int) -> type[nn.Module]:
+    _check(dim)
+    return _CONV[dim]
+
+
+def conv_transpose(dim: int) -> type[nn.Module]:
+    _check(dim)
+    return _CONV_T[dim]
+
+
+def norm(dim: int) -> type[nn.Module]:
+    _check(dim)
+    return _NORM[dim]
+
+
+def dropout(dim: int) -> type[nn.Module]:
+    _check(dim)
+    return _DROPOUT[dim]
+
+
+def same_padding(kernel_size: Sequence[int]) -> tuple[int, ...]:
+    """Per-axis padding that keeps the size for odd kernels (a kernel of 1 gets no padding)."""
+    return tuple(k // 2 for k in kernel_size)
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> instance norm (affine) -> LeakyReLU(0.01): the unit every U-Net stage stacks.
+
+    The conv has a bias only when no norm follows it; instance norm would subtract it anyway.
+    """
+
+    def __init__(self, dim: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
+                 stride: Sequence[int] | int = 1, act: bool = True) -> None:
+        layers: list[nn.Module] = [
+            conv(dim)(in_channels, out_channels, tuple(kernel_size), stride=stride,
+                      padding=same_padding(kernel_size), bias=False),
+            norm(dim)(out_channels, eps=1e-5, affine=True),
+        ]
+        if act:
+            layers.append(nn.LeakyReLU(0.01, inplace=True))
+        super().__init__(*layers)
+
+
+def avg_pool(dim: int) -> type[nn.Module]:
+    _check(dim)
+    return {2: nn.AvgPool2d, 3: nn.AvgPool3d}[dim]
+
+
+def init_weights(module: nn.Module) -> None:
+    """He init for LeakyReLU(0.01) networks (what plain U-Nets train well with); zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(module.weight, a=1e-2)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

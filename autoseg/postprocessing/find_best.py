@@ -1,0 +1,269 @@
+"""Choose what to predict with: the best configuration or pairwise ensemble, then its postprocessing.
+
+Everything is decided on cross-validation predictions, never on a test set:
+
+1. Every trained ``results/<trainer>__<configuration>/`` whose requested folds all have a
+   complete ``fold_k/validation/`` folder is a candidate; an incomplete one is skipped with a
+   message saying which folds or cases are missing.
+2. Each candidate and each pair of candidates (probabilities averaged from
+   ``CASE_probabilities.npy``) is scored by mean foreground Dice over all validation cases
+   (mean over cases per class, then over classes) against the raw dataset's labels.
+3. On the best one, keeping only the largest foreground component is tried; it is kept only if
+   it raises the mean foreground Dice. Then, for each class, keeping only that class's largest
+   component is kept only if it raises that class's mean Dice.
+
+The result is ``best_configuration.json`` (schema in ``documentation/evaluation.md``) plus a
+Markdown report with a bar chart.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoseg.atomic import read_json, write_json
+from autoseg.cli import UserError
+from autoseg.evaluation.metrics import dice_per_label
+from autoseg.postprocessing.connected_components import keep_largest_component
+from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, ensemble_probabilities, find_label_values,
+                                             segmentation_from_probabilities)
+from autoseg.workspace import DatasetWorkspace
+
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+# A postprocessing step must beat "off" by more than float noise to be kept.
+MIN_IMPROVEMENT = 1e-6
+
+
+@dataclass
+class Member:
+    """One trained model: its cross-validation predictions, case id -> files."""
+
+    trainer: str
+    configuration: str
+    segmentations: dict[str, Path]
+    probabilities: dict[str, Path]
+    label_values: list[int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.trainer}__{self.configuration}"
+
+    def as_json(self) -> dict:
+        return {"trainer": self.trainer, "configuration": self.configuration}
+
+
+def _warn(message: str, log: list[str]) -> None:
+    log.append(message)
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def reference_labels(ws: DatasetWorkspace) -> tuple[dict[str, Path], list[int]]:
+    """Label files of the raw dataset this workspace was made from, and its label values."""
+    from autoseg.dataset.layout import load_dataset
+
+    if not ws.source_file.is_file():
+        raise UserError(f"{ws.source_file}: missing; run plan-and-preprocess for this dataset first")
+    source = read_json(ws.source_file)
+    spec = load_dataset(source["raw_path"])
+    return {c.case_id: c.label_file for c in spec.cases if c.label_file is not None}, spec.label_values
+
+
+def _validation_cases(ws: DatasetWorkspace, folds: Sequence[int]) -> dict[int, list[str]] | None:
+    if not ws.splits_file.is_file():
+        return None
+    splits = read_json(ws.splits_file)
+    out = {}
+    for k in folds:
+        if k >= len(splits):
+            raise UserError(f"{ws.splits_file}: has {len(splits)} folds, fold {k} was requested")
+        out[k] = list(splits[k]["val"])
+    return out
+
+
+def collect_members(ws: DatasetWorkspace, configurations: Sequence[str] | None, trainers: Sequence[str] | None,
+                    folds: Sequence[int], log: list[str]) -> list[Member]:
+    """Every trained model with complete validation predictions for ``folds``."""
+    from autoseg.evaluation.evaluate import list_label_files
+
+    results = ws.root / "results"
+    if not results.is_dir():
+        raise UserError(f"{results}: no trained models; run autoseg train first")
+    expected = _validation_cases(ws, folds)
+    members = []
+    for d in sorted(p for p in results.iterdir() if p.is_dir() and "__" in p.name):
+        trainer, configuration = d.name.split("__", 1)
+        if (configurations and configuration not in configurations) or (trainers and trainer not in trainers):
+            continue
+        segs: dict[str, Path] = {}
+        probs: dict[str, Path] = {}
+        problems = []
+        for k in folds:
+            val = d / f"fold_{k}" / "validation"
+            if not val.is_dir():
+                problems.append(f"fold {k} has no validation predictions")
+                continue
+            fold_segs = list_label_files(val)
+            fold_probs = {f.name[: -len(PROBABILITIES_SUFFIX)]: f for f in val.glob(f"*{PROBABILITIES_SUFFIX}")}
+            if expected is not None:
+                absent = [c for c in expected[k] if c not in fold_segs]
+                if absent:
+                    problems.append(f"fold {k} lacks {len(absent)} validation case(s) ({', '.join(absent[:5])})")
+                    continue
+                fold_segs = {c: fold_segs[c] for c in expected[k]}
+            elif not fold_segs:
+                problems.append(f"fold {k} validation folder is empty")
+                continue
+            segs.update(fold_segs)
+            probs.update({c: p for c, p in fold_probs.items() if c in fold_segs})
+        if problems:
+            _warn(f"skipping {d.name}: " + "; ".join(problems), log)
+            continue
+        label_values = find_label_values(d / f"fold_{folds[0]}" / "validation")
+        members.append(Member(trainer, configuration, segs, probs, label_values or []))
+    return members
+
+
+def _mean_dice(per_case: list[dict[int, float]], labels: Sequence[int]) -> tuple[float, dict[str, float]]:
+    per_class = {str(v): float(np.mean([c[v] for c in per_case])) for v in labels}
+    return float(np.mean(list(per_class.values()))), per_class
+
+
+def _candidate_segmentation(members: Sequence[Member], case: str) -> np.ndarray:
+    from autoseg.dataset.imageio import read_label
+
+    if len(members) == 1:
+        return read_label(members[0].segmentations[case])[0]
+    mean = ensemble_probabilities([np.load(m.probabilities[case]) for m in members])
+    return segmentation_from_probabilities(mean, members[0].label_values)
+
+
+def find_best_configuration(
+    workspace: DatasetWorkspace,
+    configurations: Sequence[str] | None = None,
+    trainers: Sequence[str] | None = None,
+    folds: Sequence[int] = DEFAULT_FOLDS,
+    write: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Score candidates on cross-validation, choose one and its postprocessing; see the module docstring.
+
+    Returns the ``best_configuration.json`` content (written to the workspace when ``write``),
+    plus a report (``find_best_report.md``, ``find_best.png``) next to it.
+    """
+    from tqdm import tqdm
+
+    from autoseg.dataset.imageio import read_label
+
+    folds = [int(k) for k in folds]
+    log: list[str] = []
+    references, all_labels = reference_labels(workspace)
+    labels = [v for v in all_labels if v != 0]
+    members = collect_members(workspace, configurations, trainers, folds, log)
+    if not members:
+        raise UserError(f"{workspace.root / 'results'}: no trained configuration has validation predictions for folds "
+                        f"{folds}" + (f" ({'; '.join(log)})" if log else ""))
+    cases = sorted(members[0].segmentations)
+    for m in members[1:]:
+        if sorted(m.segmentations) != cases:
+            raise UserError(f"{m.name} and {members[0].name} validated different cases; they were trained on different splits")
+    absent = [c for c in cases if c not in references]
+    if absent:
+        raise UserError(f"validation case(s) {', '.join(absent[:5])} are not in the raw dataset's labels")
+
+    candidates: list[tuple[Member, ...]] = [(m,) for m in members]
+    ensemble_ready = []
+    for m in members:
+        missing = [c for c in cases if c not in m.probabilities]
+        if missing:
+            _warn(f"{m.name}: no probabilities for {len(missing)} case(s); left out of ensembles", log)
+        elif not m.label_values:
+            _warn(f"{m.name}: label values unknown (no plans.json in its results folder); left out of ensembles", log)
+        else:
+            ensemble_ready.append(m)
+    candidates += list(itertools.combinations(ensemble_ready, 2))
+
+    scores: list[list[dict[int, float]]] = [[] for _ in candidates]
+    for case in tqdm(cases, desc="score candidates", disable=not progress):
+        ref = read_label(references[case])[0]
+        for i, cand in enumerate(candidates):
+            seg = _candidate_segmentation(cand, case)
+            if seg.shape != ref.shape:
+                raise UserError(f"{cand[0].segmentations[case]}: shape {seg.shape} differs from reference "
+                                f"{references[case]} {ref.shape}")
+            scores[i].append(dice_per_label(ref, seg, labels))
+    table = []
+    for cand, per_case in zip(candidates, scores):
+        mean, per_class = _mean_dice(per_case, labels)
+        name = cand[0].name if len(cand) == 1 else "ensemble(" + " + ".join(m.name for m in cand) + ")"
+        table.append({"name": name, "members": [m.as_json() for m in cand], "mean_dice": mean, "per_class_dice": per_class})
+    best_index = max(range(len(table)), key=lambda i: table[i]["mean_dice"])
+    best = candidates[best_index]
+
+    spec, before, after = choose_postprocessing(best, cases, references, labels, progress)
+    result = {
+        "selected": {
+            "name": table[best_index]["name"],
+            "configurations": [m.as_json() for m in best],
+            "postprocessing": spec,
+            "folds": folds,
+        },
+        "candidates": table,
+        "dice_before_postprocessing": before,
+        "dice_after_postprocessing": after,
+        "num_cases": len(cases),
+        "label_values": all_labels,
+        "warnings": log,
+    }
+    if write:
+        from autoseg.postprocessing.report import write_report
+
+        write_json(workspace.best_configuration_file, result)
+        write_report(result, workspace.root)
+    return result
+
+
+def choose_postprocessing(members: Sequence[Member], cases: Sequence[str], references: dict[str, Path],
+                          labels: Sequence[int], progress: bool = True) -> tuple[dict, dict, dict]:
+    """Decide the largest-component steps on cross-validation Dice; returns (spec, before, after).
+
+    One pass over the cases scores every variant: per class Dice without and with the
+    foreground step, and per class with that class's own step on top of either. A class's own
+    step changes only that class's voxels (they become background), so each class is decided
+    on its own Dice.
+    """
+    from tqdm import tqdm
+
+    from autoseg.dataset.imageio import read_label
+
+    base = {False: [], True: []}  # foreground step off/on -> per-case {label: dice}
+    per_class = {False: [], True: []}  # -> per-case {label: dice after that class's own step}
+    for case in tqdm(cases, desc="postprocessing", disable=not progress):
+        ref = read_label(references[case])[0]
+        seg = _candidate_segmentation(members, case)
+        foreground = seg != 0
+        seg_fg = np.where(keep_largest_component(foreground), seg, 0).astype(seg.dtype)
+        for fg, s in ((False, seg), (True, seg_fg)):
+            base[fg].append(dice_per_label(ref, s, labels))
+            own = {}
+            for v in labels:
+                mask = s == v
+                cleaned = np.where(mask & ~keep_largest_component(mask), 0, s).astype(s.dtype)
+                own[v] = dice_per_label(ref, cleaned, [v])[v]
+            per_class[fg].append(own)
+    mean_off, classes_off = _mean_dice(base[False], labels)
+    mean_on, classes_on = _mean_dice(base[True], labels)
+    use_fg = mean_on > mean_off + MIN_IMPROVEMENT
+    chosen_classes = classes_on if use_fg else classes_off
+    own_mean = _mean_dice(per_class[use_fg], labels)[1]
+    keep = [v for v in labels if own_mean[str(v)] > chosen_classes[str(v)] + MIN_IMPROVEMENT]
+    final_classes = {str(v): (own_mean[str(v)] if v in keep else chosen_classes[str(v)]) for v in labels}
+    spec = {"foreground_largest_component": bool(use_fg), "per_class_largest_component": keep}
+    before = {"mean": mean_off, "per_class": classes_off}
+    after = {"mean": float(np.mean(list(final_classes.values()))), "per_class": final_classes,
+             "foreground_step": {"mean": mean_on, "per_class": classes_on},
+             "per_class_step": own_mean}
+    return spec, before, after

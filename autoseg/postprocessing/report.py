@@ -1,0 +1,85 @@
+"""The find-best-configuration report: a Markdown table and a bar chart of cross-validation Dice."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from autoseg.atomic import atomic_path
+
+REPORT_NAME = "find_best_report.md"
+CHART_NAME = "find_best.png"
+
+
+def write_chart(result: dict, path: str | os.PathLike) -> None:
+    """Grouped bars: mean foreground Dice and per-class Dice for every candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cands = result["candidates"]
+    classes = list(cands[0]["per_class_dice"]) if cands else []
+    series = [("mean", [c["mean_dice"] for c in cands])] + [
+        (f"label {k}", [c["per_class_dice"][k] for c in cands]) for k in classes]
+    x = np.arange(len(cands))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cands) + 2), 4.5))
+    for i, (label, values) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels([c["name"].replace(" + ", "\n+ ") for c in cands], fontsize=7, rotation=0)
+    ax.set_ylabel("cross-validation Dice")
+    low = min((v for _, vals in series for v in vals), default=0.0)
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_title(f"selected: {result['selected']['name']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def report_markdown(result: dict) -> str:
+    sel = result["selected"]
+    cands = result["candidates"]
+    classes = list(cands[0]["per_class_dice"]) if cands else []
+    lines = [
+        "# find-best-configuration",
+        "",
+        f"Cross-validation over folds {sel['folds']} ({result['num_cases']} cases). "
+        "Mean Dice = mean over cases per class, then over foreground classes.",
+        "",
+        "| candidate | mean Dice | " + " | ".join(f"label {k}" for k in classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
+    for c in sorted(cands, key=lambda c: -c["mean_dice"]):
+        mark = " **(selected)**" if c["name"] == sel["name"] else ""
+        lines.append(f"| {c['name']}{mark} | {c['mean_dice']:.4f} | "
+                     + " | ".join(f"{c['per_class_dice'][k]:.4f}" for k in classes) + " |")
+    pp = sel["postprocessing"]
+    lines += [
+        "",
+        "## Postprocessing (decided on the selected candidate)",
+        "",
+        f"- keep largest foreground component: {'yes' if pp['foreground_largest_component'] else 'no'}",
+        f"- keep largest component per class: {pp['per_class_largest_component'] or 'none'}",
+        f"- mean Dice before: {result['dice_before_postprocessing']['mean']:.4f}, "
+        f"after: {result['dice_after_postprocessing']['mean']:.4f}",
+        "",
+        f"![Dice per candidate]({CHART_NAME})",
+        "",
+    ]
+    if result.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in result["warnings"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(result: dict, folder: str | os.PathLike) -> Path:
+    """Write ``find_best_report.md`` and ``find_best.png`` into ``folder``; returns the report path."""
+    folder = Path(folder)
+    write_chart(result, folder / CHART_NAME)
+    path = folder / REPORT_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(report_markdown(result), encoding="utf-8")
+    return path

@@ -1,0 +1,630 @@
+"""The one training loop every architecture uses.
+
+A trainer for a new architecture is a few lines::
+
+    @register_trainer("my_net")
+    class MyTrainer(Trainer):
+        architecture = "my_net"      # a key of autoseg.networks.ARCHITECTURES
+        # or override build_network(); any hyperparameter below can be overridden too
+
+What the loop does (nnU-Net's recipe unless noted):
+
+* SGD, Nesterov momentum 0.99, lr 1e-2 with polynomial decay (exponent 0.9) over the planned
+  total number of iterations, weight decay 3e-5, gradient norm clipped at 12;
+* Dice + cross-entropy with deep supervision (see :mod:`autoseg.trainers.losses`);
+* mixed precision: bf16 autocast on CPUs with native bf16, bf16 (or fp16 + GradScaler) on CUDA;
+* epochs of ``iters_per_epoch`` iterations, then ``val_iters`` validation batches of patches
+  giving a per-class pseudo-Dice; its moving average picks ``checkpoint_best.pt``;
+* with a time budget the total number of iterations is re-planned after every epoch from the
+  measured speed, so training *and* the final sliding-window validation fit the budget;
+* at the end, the fold's validation cases are predicted in their original geometry and scored.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoseg.atomic import atomic_path, read_json, remove_partials, write_json
+from autoseg.cli import UserError
+from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.trainers import checkpoint as ckpt
+from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from autoseg.trainers.progress import EpochRecord, ProgressLog, plot_progress
+from autoseg.trainers.splits import SplitError, fold_cases, load_or_create_splits
+from autoseg.workspace import DatasetWorkspace
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainingSettings:
+    """What the user chose on the command line; ``None`` means the device-dependent default."""
+
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    val_iters: int | None = None
+    time_budget_min: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int | None = None
+    final_validation: bool = True
+    continue_training: bool = False
+    group_regex: str | None = None
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- device and precision
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available to torch")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple MPS is not available to torch")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+_CPU_BF16: bool | None = None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether bf16 autocast pays off on this CPU; decided once per process.
+
+    On Linux the CPU flags say whether bf16 is native (AVX512-BF16 or AMX); elsewhere a
+    small convolution is timed in both precisions. Emulated bf16 is slower than fp32.
+    """
+    global _CPU_BF16
+    if _CPU_BF16 is not None:
+        return _CPU_BF16
+    ok = False
+    try:
+        if not torch.backends.mkldnn.is_available():
+            raise RuntimeError("no oneDNN")
+        conv = nn.Conv3d(4, 8, 3, padding=1)
+        x = torch.randn(1, 4, 8, 16, 16)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        if y.dtype != torch.bfloat16 or not torch.isfinite(y).all():
+            raise RuntimeError("bf16 conv failed")
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.is_file():
+            flags = cpuinfo.read_text(errors="ignore")
+            ok = "avx512_bf16" in flags or "amx_bf16" in flags
+        else:
+            def timed(enabled: bool) -> float:
+                best = float("inf")
+                for _ in range(3):
+                    t = time.perf_counter()
+                    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                        conv(x)
+                    best = min(best, time.perf_counter() - t)
+                return best
+            ok = timed(True) < 0.9 * timed(False)
+    except Exception:
+        ok = False
+    _CPU_BF16 = ok
+    return ok
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a GradScaler is needed)."""
+    if requested not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"--precision {requested}: choose auto, fp32, bf16 or fp16")
+    if requested == "auto":
+        if device.type == "cuda":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu":
+            requested = "bf16" if cpu_has_fast_bf16() else "fp32"
+        else:
+            requested = "fp32"  # MPS autocast coverage is still partial
+    if requested == "fp32":
+        return None, False
+    if requested == "bf16":
+        return torch.bfloat16, False
+    if device.type == "cpu":
+        raise UserError("--precision fp16 is not supported on CPU; use bf16 or fp32")
+    return torch.float16, device.type == "cuda"
+
+
+# ---------------------------------------------------------------- helpers
+
+def preprocessed_case_ids(folder: Path) -> list[str]:
+    """Cases whose preprocessing finished (``CASE.json`` is written last)."""
+    ids = []
+    for f in sorted(folder.glob("*.json")):
+        if f.name.startswith("."):
+            continue
+        cid = f.name[: -len(".json")]
+        if (folder / f"{cid}.npy").is_file():
+            ids.append(cid)
+    return ids
+
+
+def count_sliding_windows(shape: list[int], patch_size: list[int], dim: int, overlap: float = 0.5) -> int:
+    """Number of tiles sliding-window prediction uses for a preprocessed ``(Z, Y, X)`` shape."""
+    def n_axis(s: int, p: int) -> int:
+        if s <= p:
+            return 1
+        return int(math.ceil((s - p) / max(1.0, p * (1 - overlap)))) + 1
+
+    if dim == 2:
+        return shape[0] * n_axis(shape[1], patch_size[0]) * n_axis(shape[2], patch_size[1])
+    return int(np.prod([n_axis(s, p) for s, p in zip(shape, patch_size)]))
+
+
+def poly_lr(initial_lr: float, iteration: int, total: int, exponent: float = 0.9) -> float:
+    return initial_lr * (1 - min(iteration, total) / max(total, 1)) ** exponent
+
+
+class Trainer:
+    """Trains one fold of one configuration; subclasses pick the architecture."""
+
+    architecture = "unet"
+    trainer_name: str | None = None  # set by @register_trainer
+    initial_lr = 1e-2
+    momentum = 0.99
+    weight_decay = 3e-5
+    grad_clip = 12.0
+    lr_exponent = 0.9
+    oversample_foreground = 0.33
+    # nnU-Net's defaults on a GPU; CPUs get shorter epochs so logs and checkpoints keep coming.
+    default_epochs = {"gpu": 1000, "cpu": 1000}
+    default_iters_per_epoch = {"gpu": 250, "cpu": 50}
+    default_val_iters = {"gpu": 50, "cpu": 10}
+    # Mirroring at final validation costs 4-8x; on CPU that time is better spent training.
+    validation_tta: bool | None = None  # None: on for CUDA, off elsewhere
+    validation_overlap = 0.5
+    # Safety factor on the estimated final-validation time (export and metrics are not timed).
+    validation_time_margin = 1.5
+
+    @classmethod
+    def results_name(cls) -> str:
+        """Folder name in ``results/``: the registered name, else the class name (user trainers)."""
+        return cls.__dict__.get("trainer_name") or cls.__name__
+
+    def __init__(self, workspace: DatasetWorkspace, configuration: str, fold: int | str,
+                 settings: TrainingSettings | None = None) -> None:
+        self.start_time = time.monotonic()
+        self.ws = workspace
+        self.settings = settings or TrainingSettings()
+        self.fold = str(fold)
+        if self.fold != "all" and not self.fold.isdigit():
+            raise UserError(f"fold '{fold}' must be a number (0-4) or 'all'")
+        if not workspace.plans_file.is_file():
+            raise UserError(f"{workspace.plans_file} does not exist; run 'autoseg plan-and-preprocess' for this dataset first")
+        self.plans = Plans.load(workspace.plans_file)
+        try:
+            self.config: ConfigurationPlan = self.plans.configuration(configuration)
+        except KeyError as e:
+            raise UserError(f"{workspace.plans_file}: {e.args[0]}") from None
+        self.configuration = configuration
+        self.preprocessed_dir = workspace.preprocessed_dir(self.config.data_identifier)
+        self.case_ids = preprocessed_case_ids(self.preprocessed_dir) if self.preprocessed_dir.is_dir() else []
+        if not self.case_ids:
+            raise UserError(f"{self.preprocessed_dir} holds no preprocessed cases; run 'autoseg plan-and-preprocess' first")
+        try:
+            splits = load_or_create_splits(workspace, self.case_ids, self.settings.group_regex)
+            self.train_ids, self.val_ids = fold_cases(splits, self.fold, self.case_ids)
+        except SplitError as e:
+            raise UserError(str(e)) from None
+        missing = sorted(set(self.train_ids + self.val_ids) - set(self.case_ids))
+        if missing:
+            raise UserError(f"{workspace.splits_file} lists case(s) that are not preprocessed: {', '.join(missing[:5])}")
+        self.results_dir = workspace.results_dir(self.results_name(), configuration)
+        self.fold_dir = workspace.fold_dir(self.results_name(), configuration, self.fold)
+        self.device = resolve_device(self.settings.device)
+        kind = "gpu" if self.device.type in ("cuda", "mps") else "cpu"
+        s = self.settings
+        self.max_epochs = s.epochs if s.epochs is not None else self.default_epochs[kind]
+        self.iters_per_epoch = s.iters_per_epoch if s.iters_per_epoch is not None else self.default_iters_per_epoch[kind]
+        self.val_iters = s.val_iters if s.val_iters is not None else self.default_val_iters[kind]
+        if self.max_epochs < 1 or self.iters_per_epoch < 1 or self.val_iters < 0:
+            raise UserError("--epochs and --iters-per-epoch must be at least 1, --val-iters at least 0")
+        self.autocast_dtype, use_scaler = resolve_precision(s.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.num_workers = s.num_workers if s.num_workers is not None else self.default_num_workers()
+        self.total_iterations = self.max_epochs * self.iters_per_epoch
+        self.iteration = 0
+        self.epoch = 0
+        self.elapsed_before_s = 0.0  # training wall time of earlier sessions (--continue)
+        self.log = ProgressLog()
+        self._forward_time_s: float | None = None
+        self._iter_times: list[float] = []
+        self._closables: list[Any] = []
+        self._budget_info: dict[str, float] | None = None
+        self._epoch_overheads: list[float] = []
+
+    # ------------------------------------------------------------ pieces subclasses may override
+
+    def default_num_workers(self) -> int:
+        """Background augmentation workers: enough to feed a GPU; on CPU they compete with training."""
+        n = os.cpu_count() or 1
+        if self.device.type == "cpu":
+            return 0 if n <= 2 else min(4, n // 4)
+        return max(1, min(12, n - 2))
+
+    def build_network(self) -> nn.Module:
+        from autoseg.networks import build_network
+
+        return build_network(self.plans, self.config, architecture=self.architecture)
+
+    def build_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(network.parameters(), lr=self.initial_lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay, nesterov=True)
+
+    def deep_supervision_scales(self) -> list[list[float]]:
+        from autoseg.networks import deep_supervision_scales
+
+        return deep_supervision_scales(self.config.network)
+
+    def build_loss(self, n_outputs: int) -> nn.Module:
+        return DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(n_outputs))
+
+    def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
+        """Endless batches ``{"data": (B, C, *patch), "target": [full-res first]}``."""
+        from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms, build_val_transforms
+        from autoseg.trainers.data_loader import PatchSampler
+
+        scales = self.deep_supervision_scales()
+        sampler = PatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size, self.config.dim,
+                               self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed)
+        if train:
+            transforms = build_train_transforms(self.config.patch_size, self.config.dim, self.config.anisotropic, scales)
+        else:
+            transforms = build_val_transforms(scales)
+        batches = TrainingBatches(sampler, transforms, self.num_workers if train else 0)
+        self._closables.append(batches)
+        return iter(batches)
+
+    # ------------------------------------------------------------ setup, checkpoints
+
+    def _setup(self) -> None:
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - self.num_workers))
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
+        self.network = self.build_network().to(self.device)
+        self.optimizer = self.build_optimizer(self.network)
+        self.n_outputs = len(self.deep_supervision_scales())
+        self.loss = self.build_loss(self.n_outputs)
+        self.val_loss = DiceCELoss()
+        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        remove_partials(self.fold_dir)
+        # the model folder must be self-contained for prediction, whatever happens to the workspace
+        with atomic_path(self.results_dir / "plans.json") as tmp:
+            shutil.copyfile(self.ws.plans_file, tmp)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "trainer": self.results_name(),
+            "trainer_class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "architecture": self.architecture,
+            "configuration": self.configuration,
+            "fold": self.fold,
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "total_iterations": self.total_iterations,
+            "iters_per_epoch": self.iters_per_epoch,
+            "lr_schedule": {"kind": "poly", "initial_lr": self.initial_lr, "exponent": self.lr_exponent,
+                            "total_iterations": self.total_iterations},
+            "time_budget_min": self.settings.time_budget_min,
+            "elapsed_s": self.elapsed_s(),
+            "rng": ckpt.rng_state(),
+            "log": self.log.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint format {state.get('format')} is not supported by this autoseg version")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.epoch = int(state["epoch"])
+        self.iteration = int(state["iteration"])
+        self.total_iterations = int(state["total_iterations"])
+        self.iters_per_epoch = int(state["iters_per_epoch"])
+        self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
+        self.log = ProgressLog.from_dict(state["log"])
+        ckpt.set_rng_state(state["rng"])
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before_s + (time.monotonic() - self.start_time)
+
+    def _save(self, name: str) -> None:
+        ckpt.save_checkpoint(self.fold_dir / name, self.state_dict())
+
+    # ------------------------------------------------------------ the loop
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def _lr(self) -> float:
+        return poly_lr(self.initial_lr, self.iteration, self.total_iterations, self.lr_exponent)
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = [t.to(self.device, non_blocking=True) for t in batch["target"]]
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any]) -> tuple[float, np.ndarray]:
+        """Loss on the full-resolution output and per-class (tp, fp, fn) of its argmax."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"][0].to(self.device, non_blocking=True)
+        with self._autocast():
+            output = self.network(data)
+        if isinstance(output, (list, tuple)):
+            output = output[0]
+        loss = self.val_loss(output, target)
+        pred = output.argmax(1)
+        tgt = target[:, 0].long()
+        counts = np.zeros((3, self.plans.num_classes - 1), np.float64)
+        for c in range(1, self.plans.num_classes):
+            p, t = pred == c, tgt == c
+            counts[0, c - 1] = float((p & t).sum())
+            counts[1, c - 1] = float((p & ~t).sum())
+            counts[2, c - 1] = float((~p & t).sum())
+        return float(loss), counts
+
+    def run(self) -> dict[str, Any]:
+        """Train (or resume) this fold, then validate it; returns the validation summary (or {})."""
+        from tqdm import tqdm
+
+        self._closables = []
+        self._setup()
+        latest = self.fold_dir / ckpt.LATEST
+        final = self.fold_dir / ckpt.FINAL
+        if self.settings.continue_training:
+            source = latest if latest.is_file() else final if final.is_file() else None
+            if source is None:
+                print(f"--continue: no checkpoint in {self.fold_dir}; starting from scratch", file=sys.stderr)
+            else:
+                self.load_state_dict(ckpt.load_checkpoint(source, map_location=self.device))
+                print(f"resuming {self.fold_dir.name} from {source.name}: epoch {self.epoch}, "
+                      f"iteration {self.iteration}/{self.total_iterations}", file=sys.stderr)
+        elif latest.is_file() or final.is_file():
+            raise UserError(f"{self.fold_dir} already holds a checkpoint; pass --continue to resume it "
+                            "(or delete the folder to start over)")
+        header = {"trainer": self.results_name(), "architecture": self.architecture,
+                  "configuration": self.configuration, "fold": self.fold, "train_cases": len(self.train_ids),
+                  "val_cases": len(self.val_ids), "device": str(self.device),
+                  "precision": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
+                  "time_budget_min": self.settings.time_budget_min}
+        seed = self.settings.seed + self.iteration  # a resumed run draws fresh, still deterministic, patches
+        try:
+            if self.iteration < self.total_iterations:
+                train_batches = self.build_batches(self.train_ids, True, seed)
+                val_batches = self.build_batches(self.val_ids, False, seed + 1) if self.val_iters else None
+                while self.iteration < self.total_iterations:
+                    self._run_epoch(train_batches, val_batches, header, tqdm)
+                self._save(ckpt.FINAL)
+                latest.unlink(missing_ok=True)
+        finally:
+            for c in self._closables:
+                close = getattr(c, "close", None)
+                if close is not None:
+                    close()
+        if self.fold == "all" or not self.settings.final_validation:
+            return {}
+        return self.validate()
+
+    def _run_epoch(self, train_batches, val_batches, header: dict, tqdm) -> None:
+        t0 = time.monotonic()
+        n = min(self.iters_per_epoch, self.total_iterations - self.iteration)
+        self.network.train()
+        losses = []
+        bar = tqdm(range(n), desc=f"epoch {self.epoch}", leave=False, dynamic_ncols=True, disable=None)
+        for _ in bar:
+            losses.append(self.train_step(next(train_batches)))
+            self.iteration += 1
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        train_time = time.monotonic() - t0
+        self._iter_times.append(train_time / n)
+        val_loss, dice = None, []
+        if val_batches is not None:
+            self.network.eval()
+            vl, counts = [], np.zeros((3, self.plans.num_classes - 1))
+            for _ in range(self.val_iters):
+                loss, c = self.validation_step(next(val_batches))
+                vl.append(loss)
+                counts += c
+            tp, fp, fn = counts
+            # a class absent from every validation patch and never predicted is no error: NaN, not 0
+            dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
+            val_loss = float(np.mean(vl))
+        finite = [d for d in dice if not math.isnan(d)]
+        mean_dice = float(np.mean(finite)) if finite else None
+        if self._forward_time_s is None and self.settings.time_budget_min is not None:
+            self._forward_time_s = self._measure_forward_time()
+        self.epoch += 1
+        if self.settings.time_budget_min is not None:
+            self._epoch_overheads.append(time.monotonic() - t0 - train_time)
+            self._replan_for_budget()
+        lr = self._lr()  # after re-planning: the rate the next iteration would use
+        record = EpochRecord(epoch=self.epoch - 1, iterations=self.iteration, train_loss=float(np.mean(losses)),
+                             val_loss=val_loss, pseudo_dice=dice, mean_pseudo_dice=mean_dice,
+                             smoothed_dice=self.log.smoothed(mean_dice), lr=lr,
+                             epoch_time_s=0.0, iterations_per_s=n / train_time if train_time > 0 else 0.0)
+        is_best = self.log.add(record)
+        record.epoch_time_s = time.monotonic() - t0
+        self._save(ckpt.LATEST)
+        if is_best:
+            self._save(ckpt.BEST)
+        self.log.save(self.fold_dir / "log.json", {**header, "total_iterations": self.total_iterations,
+                                                   "budget_plan": self._budget_info})
+        try:
+            plot_progress(self.log, self.fold_dir / "progress.png", self.plans.label_names[1:])
+        except Exception as e:  # a plotting problem must never stop training
+            print(f"progress.png not written: {e}", file=sys.stderr)
+        dice_txt = ", ".join(f"{d:.3f}" for d in dice) if dice else "-"
+        print(f"epoch {record.epoch}: train loss {record.train_loss:.4f}"
+              + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
+              + f", pseudo-Dice [{dice_txt}], lr {lr:.2e}, {record.epoch_time_s:.1f} s, "
+              f"iteration {self.iteration}/{self.total_iterations}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------ time budget
+
+    @torch.no_grad()
+    def _measure_forward_time(self) -> float:
+        """Seconds for one eval forward pass of one patch, as sliding-window prediction runs it."""
+        self.network.eval()
+        shape = (1, len(self.plans.channel_names), *self.config.patch_size)
+        x = torch.randn(shape, device=self.device)
+        times = []
+        for _ in range(3):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            with self._autocast():
+                self.network(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        self.network.train()
+        return float(np.median(times[1:]))
+
+    def _tta(self) -> bool:
+        return self.validation_tta if self.validation_tta is not None else self.device.type == "cuda"
+
+    def estimate_final_validation_s(self) -> float:
+        if self.fold == "all" or not self.settings.final_validation or not self.val_ids:
+            return 0.0
+        fwd = self._forward_time_s if self._forward_time_s is not None else self._measure_forward_time()
+        flips = 2 ** self.config.dim if self._tta() else 1
+        windows = 0
+        voxels = 0
+        for cid in self.val_ids:
+            shape = list(np.load(self.preprocessed_dir / f"{cid}.npy", mmap_mode="r").shape[1:])
+            windows += count_sliding_windows(shape, self.config.patch_size, self.config.dim, self.validation_overlap)
+            voxels += int(np.prod(shape))
+        # Export (resampling K probability maps) and metrics: roughly 50 ns per voxel and class.
+        export = voxels * self.plans.num_classes * 5e-8 + 0.5 * len(self.val_ids)
+        return self.validation_time_margin * (windows * fwd * flips + export)
+
+    def _replan_for_budget(self) -> None:
+        """Fit the remaining iterations (and so the LR schedule) into what is left of the budget."""
+        budget_s = self.settings.time_budget_min * 60
+        # the first epoch includes warm-up; later epochs measure the steady state
+        steady = self._iter_times[1:] or self._iter_times
+        per_iter = float(np.mean(steady[-5:]))
+        overhead = float(np.mean(self._epoch_overheads[-5:])) if self._epoch_overheads else 0.0
+        reserve = self.estimate_final_validation_s() + 5.0  # + final checkpoint and log
+        left = budget_s - self.elapsed_s() - reserve
+        per_iter_total = per_iter + overhead / self.iters_per_epoch
+        more = max(0, int(left / per_iter_total)) if per_iter_total > 0 else 0
+        cap = self.max_epochs * self.iters_per_epoch
+        self.total_iterations = max(self.iteration, min(cap, self.iteration + more))
+        self._budget_info = {"seconds_per_iteration": per_iter, "epoch_overhead_s": overhead,
+                             "final_validation_estimate_s": reserve - 5.0, "elapsed_s": self.elapsed_s()}
+
+    # ------------------------------------------------------------ end of fold
+
+    def load_best_or_final(self) -> None:
+        # nnU-Net validates the final weights; so do we: the best checkpoint is chosen on noisy
+        # patch Dice and is kept for users who want it.
+        state = ckpt.load_checkpoint(self.fold_dir / ckpt.FINAL, map_location=self.device)
+        self.network.load_state_dict(state["network"])
+
+    def validate(self) -> dict[str, Any]:
+        self.load_best_or_final()
+        return validate_fold(self.network, self.plans, self.config, self.ws, self.preprocessed_dir, self.val_ids,
+                             self.fold_dir / "validation", device=self.device, autocast_dtype=self.autocast_dtype,
+                             tta=self._tta(), overlap=self.validation_overlap)
+
+
+def validate_fold(network: nn.Module, plans: Plans, config: ConfigurationPlan, ws: DatasetWorkspace,
+                  preprocessed_dir: Path, case_ids: list[str], out_dir: Path, *, device: torch.device,
+                  autocast_dtype: torch.dtype | None = None, tta: bool = False, overlap: float = 0.5) -> dict[str, Any]:
+    """Predict ``case_ids`` in their original geometry, write segmentations, probabilities and metrics.
+
+    Writes ``out_dir/CASE<ending>``, ``out_dir/CASE_probabilities.npy`` (float16, original
+    grid, class index order) and ``out_dir/summary.json``; returns the summary. References
+    are the raw dataset's label files (from ``dataset_source.json``).
+    """
+    from tqdm import tqdm
+
+    from autoseg.dataset.imageio import Geometry
+    from autoseg.dataset.layout import load_dataset
+    from autoseg.evaluation.evaluate import evaluate_case, mean_metrics, write_summary_csv
+    from autoseg.inference.export import segmentation_from_probabilities, to_original_geometry, write_prediction
+    from autoseg.inference.sliding_window import predict_sliding_window
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partials(out_dir)
+    spec = None
+    if ws.source_file.is_file():
+        raw = read_json(ws.source_file).get("raw_path")
+        if raw and Path(raw, "dataset.json").is_file():
+            spec = load_dataset(raw)
+    ending = spec.file_ending if spec is not None else ".nii.gz"
+    label_files = {c.case_id: c.label_file for c in spec.cases} if spec is not None else {}
+    network.eval()
+    per_case = []
+    for cid in tqdm(case_ids, desc="validation", dynamic_ncols=True, disable=None):
+        data = np.load(preprocessed_dir / f"{cid}.npy")
+        props = read_json(preprocessed_dir / f"{cid}.json")
+        probs = predict_sliding_window(network, data, config.patch_size, config.dim, plans.num_classes,
+                                       overlap=overlap, tta=tta, device=device, autocast_dtype=autocast_dtype)
+        probs = to_original_geometry(probs, props, plans, config)
+        probs_np = probs.numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+        seg = segmentation_from_probabilities(probs_np, plans.label_values)
+        pred_file = out_dir / f"{cid}{ending}"
+        write_prediction(np.asarray(seg), Geometry.from_dict(props["geometry"]), pred_file)
+        with atomic_path(out_dir / f"{cid}_probabilities.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, probs_np.astype(np.float16))
+        ref = label_files.get(cid)
+        if ref is not None and Path(ref).is_file():
+            result = evaluate_case(ref, pred_file, plans.label_values)
+            result["case_id"] = cid
+            per_case.append(result)
+    if not per_case:
+        print(f"validation: reference labels not found (dataset_source.json); {out_dir} holds predictions only",
+              file=sys.stderr)
+        return {}
+    labels = [v for v in plans.label_values if v != 0]
+    per_class, foreground = mean_metrics(per_case, labels)
+    summary = {"label_values": labels, "num_cases": len(per_case), "mean": per_class,
+               "foreground_mean": foreground, "per_case": per_case}
+    write_json(out_dir / "summary.json", summary)
+    write_summary_csv(summary, out_dir / "summary.csv")
+    return summary

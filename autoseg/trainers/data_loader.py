@@ -1,0 +1,187 @@
+"""Random training patches from preprocessed cases, with foreground oversampling.
+
+Where a patch comes from (case, centre, and for 2D the slice) is drawn first as a
+:class:`PatchLocation`, then cut out by :meth:`PatchSampler.crop`: drawing and cutting are
+separate so a batch can be recorded and replayed, and so the augmentation can ask for a
+larger region around the same centre (rotation and scaling pull voxels from outside the
+final patch; cutting them from the volume avoids padded corners).
+
+Regions outside the volume are padded with 0 in both arrays: after normalization 0 is the
+mean intensity (a neutral value rather than an artificial edge), and for the label map
+everything outside the preprocessed bounding box is background by construction (cropping
+removed only background), so 0 is the true class there, not a guess to be ignored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoseg.cli import UserError
+
+
+@dataclass(frozen=True)
+class PatchLocation:
+    """Where one patch comes from: case, centre voxel (z, y, x) and whether foreground was forced.
+
+    For 2D sampling the centre's z is the slice; the patch covers (y, x) around it.
+    """
+
+    case_id: str
+    center: tuple[int, int, int]
+    forced_foreground: bool = False
+
+
+class PatchSampler:
+    """Draws batches of patches of ``patch_size`` from ``preprocessed_dir/<case>.npy``.
+
+    The last ``round(batch_size * oversample_foreground)`` samples of every batch (at least one
+    when oversampling is on) are centred, with jitter, on a random voxel of a random
+    foreground class listed in the case's ``class_locations``; the rest are uniform.
+    """
+
+    def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int], dim: int,
+                 batch_size: int, oversample_foreground: float = 0.33, seed: int = 0) -> None:
+        if dim not in (2, 3):
+            raise ValueError(f"dim must be 2 or 3, got {dim}")
+        if len(patch_size) != dim:
+            raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, dim is {dim}")
+        if not case_ids:
+            raise ValueError("PatchSampler needs at least one case")
+        self.preprocessed_dir = Path(preprocessed_dir)
+        self.case_ids = list(case_ids)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.dim = dim
+        self.batch_size = int(batch_size)
+        self.oversample_foreground = float(oversample_foreground)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._locations: dict[str, dict[int, np.ndarray]] = {}
+        for case in self.case_ids:
+            for suffix in (".npy", "_seg.npy", ".json"):
+                path = self.preprocessed_dir / f"{case}{suffix}"
+                if not path.is_file():
+                    raise UserError(f"{path}: missing; re-run preprocessing for this configuration")
+
+    # Memmaps and parsed locations are per process; a worker process reopens its own.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    @property
+    def num_forced(self) -> int:
+        if self.oversample_foreground <= 0:
+            return 0
+        return min(self.batch_size, max(1, round(self.batch_size * self.oversample_foreground)))
+
+    def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(data (C,Z,Y,X) float32, seg (Z,Y,X) int16) as read-only memmaps, opened once."""
+        if case_id not in self._arrays:
+            data = np.load(self.preprocessed_dir / f"{case_id}.npy", mmap_mode="r")
+            seg = np.load(self.preprocessed_dir / f"{case_id}_seg.npy", mmap_mode="r")
+            if data.ndim != 4 or seg.shape != data.shape[1:]:
+                raise UserError(f"{self.preprocessed_dir / case_id}.npy: data shape {data.shape} and seg shape "
+                                   f"{seg.shape} do not match the (C,Z,Y,X)/(Z,Y,X) convention")
+            self._arrays[case_id] = (data, seg)
+        return self._arrays[case_id]
+
+    def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
+        if case_id not in self._locations:
+            with open(self.preprocessed_dir / f"{case_id}.json", encoding="utf-8") as f:
+                props = json.load(f)
+            locs = {}
+            for cls, points in props.get("class_locations", {}).items():
+                if int(cls) > 0 and len(points):
+                    locs[int(cls)] = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+            self._locations[case_id] = locs
+        return self._locations[case_id]
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.arrays(self.case_ids[0])[0].shape[0])
+
+    def _spatial_shape(self, case_id: str) -> tuple[int, int, int]:
+        return tuple(self.arrays(case_id)[1].shape)  # type: ignore[return-value]
+
+    def sample_locations(self, rng: np.random.Generator | None = None) -> list[PatchLocation]:
+        """One batch's worth of patch locations (the batch's random parameters)."""
+        rng = self.rng if rng is None else rng
+        n_forced = self.num_forced
+        locations = []
+        for b in range(self.batch_size):
+            case = self.case_ids[int(rng.integers(len(self.case_ids)))]
+            locations.append(self._location(case, rng, force=b >= self.batch_size - n_forced))
+        return locations
+
+    def _location(self, case: str, rng: np.random.Generator, force: bool) -> PatchLocation:
+        shape = self._spatial_shape(case)
+        # the axes the patch spans: all three in 3D, (y, x) in 2D where z is a slice index
+        axes = range(3) if self.dim == 3 else range(1, 3)
+        locs = self.class_locations(case) if force else {}
+        center = [0, 0, 0]
+        if locs:
+            cls = sorted(locs)[int(rng.integers(len(locs)))]
+            voxel = locs[cls][int(rng.integers(len(locs[cls])))]
+            if self.dim == 2:
+                center[0] = int(voxel[0])
+        elif self.dim == 2:
+            center[0] = int(rng.integers(shape[0]))
+        for p, ax in zip(self.patch_size, axes):
+            lo, hi = min(0, shape[ax] - p), max(0, shape[ax] - p)
+            if locs:
+                # jitter within a sixth of the patch keeps the voxel inside the patch even after
+                # the spatial augmentation rotates and scales around the centre
+                jitter = int(rng.integers(-(p // 6), p // 6 + 1))
+                corner = int(np.clip(int(voxel[ax]) - p // 2 + jitter, lo, hi))
+            else:
+                corner = int(rng.integers(lo, hi + 1))
+            center[ax] = corner + p // 2
+        return PatchLocation(case, (center[0], center[1], center[2]), bool(locs))
+
+    def crop(self, location: PatchLocation, size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cut ``size`` (default patch_size) around the location's centre, zero-padded.
+
+        Returns data (C, *size) float32 and seg (1, *size) int16.
+        """
+        size = self.patch_size if size is None else tuple(int(s) for s in size)
+        data, seg = self.arrays(location.case_id)
+        shape = seg.shape
+        if self.dim == 2:
+            z = location.center[0]
+            box = [(z, z + 1)]
+            spans = list(zip(location.center[1:], size, shape[1:]))
+        else:
+            box = []
+            spans = list(zip(location.center, size, shape))
+        pads = []
+        for c, s, n in spans:
+            lo = c - s // 2
+            box.append((max(lo, 0), min(lo + s, n)))
+            pads.append((max(0, -lo), max(0, lo + s - n)))
+        sl = tuple(slice(a, b) for a, b in box)
+        d = np.asarray(data[(slice(None),) + sl], dtype=np.float32)
+        g = np.asarray(seg[sl], dtype=np.int16)
+        if self.dim == 2:
+            d, g = d[:, 0], g[0]
+        g = g[None]
+        if any(p != (0, 0) for p in pads):
+            d = np.pad(d, [(0, 0)] + pads, mode="constant", constant_values=0)
+            g = np.pad(g, [(0, 0)] + pads, mode="constant", constant_values=0)
+        return d, g
+
+    def sample_batch(self, rng: np.random.Generator | None = None, size: Sequence[int] | None = None,
+                     locations: Sequence[PatchLocation] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """data (B, C, *size) float32, seg (B, 1, *size) int16; size defaults to patch_size.
+
+        ``locations`` replays a recorded batch; otherwise they are drawn from ``rng`` (default:
+        the sampler's own seeded generator).
+        """
+        if locations is None:
+            locations = self.sample_locations(rng)
+        crops = [self.crop(loc, size) for loc in locations]
+        return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])

@@ -1,0 +1,120 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.trainers.augmentation import (Compose, SpatialTransform, TrainingBatches, build_train_transforms,
+                                           build_val_transforms, downsample_seg, make_batch)
+from autoseg.trainers.data_loader import PatchSampler
+
+from test_data_loader import write_case
+
+SCALES_3D = [[1, 1, 1], [1, 2, 2], [2, 4, 4]]
+
+
+@pytest.fixture
+def sampler3d(tmp_path):
+    for i in range(3):
+        write_case(tmp_path, f"c{i}", (20, 32, 32), channels=2, seed=i)
+    return PatchSampler(tmp_path, ["c0", "c1", "c2"], (8, 16, 16), dim=3, batch_size=4, seed=1)
+
+
+def test_train_batch_shapes_and_labels_3d(sampler3d):
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=SCALES_3D)
+    for i in range(6):
+        b = make_batch(sampler3d, t, 0, i)
+        assert b["data"].shape == (4, 2, 8, 16, 16) and b["data"].dtype == np.float32
+        assert np.isfinite(b["data"]).all()
+        shapes = [tuple(x.shape) for x in b["target"]]
+        assert shapes == [(4, 1, 8, 16, 16), (4, 1, 8, 8, 8), (4, 1, 4, 4, 4)]
+        for x in b["target"]:
+            assert set(np.unique(x)) <= {0, 1, 2}
+
+
+def test_train_batch_2d(tmp_path):
+    write_case(tmp_path, "a", (5, 40, 36))
+    s = PatchSampler(tmp_path, ["a"], (16, 24), dim=2, batch_size=3)
+    t = build_train_transforms((16, 24), 2, anisotropic=False, deep_supervision_scales=[[1, 1], [2, 2], [4, 4]])
+    b = make_batch(s, t, 0, 0)
+    assert b["data"].shape == (3, 1, 16, 24)
+    assert [x.shape for x in b["target"]] == [(3, 1, 16, 24), (3, 1, 8, 12), (3, 1, 4, 6)]
+
+
+def test_seed_reproduces_augmented_batch(sampler3d):
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=True, deep_supervision_scales=SCALES_3D)
+    a, b, c = make_batch(sampler3d, t, 5, 2), make_batch(sampler3d, t, 5, 2), make_batch(sampler3d, t, 5, 3)
+    np.testing.assert_array_equal(a["data"], b["data"])
+    np.testing.assert_array_equal(a["target"][0], b["target"][0])
+    assert a["params"] == b["params"]
+    assert not np.array_equal(a["data"], c["data"])
+
+
+def test_recorded_params_replay(sampler3d):
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=None)
+    rng = np.random.default_rng(0)
+    data, seg = sampler3d.sample_batch(rng, size=(30, 40, 40))
+    params = t.sample(rng, 4, 2)
+    one = t.apply({"data": data.copy(), "seg": seg.copy()}, params)
+    two = t.apply({"data": data.copy(), "seg": seg.copy()}, params)
+    np.testing.assert_array_equal(one["data"], two["data"])
+
+
+def test_spatial_identity_is_centre_crop_and_rotation_is_exact():
+    x = np.arange(2 * 1 * 10 * 12, dtype=np.float32).reshape(2, 1, 10, 12)
+    seg = (x > 100).astype(np.int16)
+    t = SpatialTransform((4, 6), rotation=math.pi, scale=(1, 1))
+    out = t.apply({"data": x.copy(), "seg": seg.copy()}, [None, {"angles": [math.pi], "scale": None}])
+    np.testing.assert_array_equal(out["data"][0], x[0, :, 3:7, 3:9])
+    # 180 degrees about the centre of an even-sized crop is a flip of both axes
+    np.testing.assert_allclose(out["data"][1], x[1, :, 3:7, 3:9][:, ::-1, ::-1], atol=1e-3)
+    np.testing.assert_array_equal(out["seg"][1], seg[1, :, 3:7, 3:9][:, ::-1, ::-1])
+
+
+def test_region_size_covers_rotated_grid():
+    t = SpatialTransform((8, 16, 16), rotation=math.radians(30), scale=(0.7, 1.4))
+    p = {"angles": [0.5, 0.5, 0.5], "scale": 1.4}
+    size = t.region_size(p)
+    reach = np.abs(t.coordinates(p)).reshape(3, -1).max(axis=1)
+    assert all(s >= 2 * r + 2 for s, r in zip(size, reach))
+    assert t.region_size(None) == (8, 16, 16)
+
+
+def test_anisotropic_rotates_in_plane_only():
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=True, deep_supervision_scales=None)
+    params = t.sample(np.random.default_rng(0), 200, 1)[0]
+    rotated = [p["angles"] for p in params if p is not None and p["angles"] is not None]
+    assert rotated and all(a[1] == 0 and a[2] == 0 for a in rotated)
+
+
+def test_val_transforms_only_targets():
+    t = build_val_transforms([[1, 1, 1], [2, 2, 2]])
+    seg = np.random.default_rng(0).integers(0, 3, (2, 1, 8, 8, 8)).astype(np.int16)
+    data = np.ones((2, 1, 8, 8, 8), np.float32)
+    out, _ = t({"data": data.copy(), "seg": seg}, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["data"], data)
+    np.testing.assert_array_equal(out["target"][1], seg[:, :, ::2, ::2, ::2])
+    assert downsample_seg(seg, [[1, 2, 4]])[0].shape == (2, 1, 8, 4, 2)
+
+
+@pytest.mark.parametrize("workers,backend", [(0, "thread"), (1, "thread"), (2, "thread")])
+def test_training_batches_same_stream_for_any_workers(sampler3d, workers, backend):
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=SCALES_3D)
+    ref = [make_batch(sampler3d, t, 0, i) for i in range(3)]
+    with TrainingBatches(sampler3d, t, num_workers=workers, seed=0, backend=backend) as it:
+        got = [next(it) for _ in range(3)]
+    for r, g in zip(ref, got):
+        assert g["data"].dtype == torch.float32 and g["data"].shape == (4, 2, 8, 16, 16)
+        assert g["target"][0].dtype == torch.int64 and len(g["target"]) == 3
+        np.testing.assert_array_equal(g["data"].numpy(), r["data"])
+        np.testing.assert_array_equal(g["target"][2].numpy(), r["target"][2])
+
+
+def test_worker_error_reaches_the_training_loop(sampler3d):
+    class Broken(Compose):
+        def apply(self, batch, params):
+            raise RuntimeError("boom")
+
+    with TrainingBatches(sampler3d, Broken([]), num_workers=1) as it:
+        with pytest.raises(RuntimeError, match="boom"):
+            next(it)

@@ -1,0 +1,53 @@
+import torch
+
+from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, SoftDiceLoss, deep_supervision_weights
+
+
+def _target(shape=(2, 1, 8, 8, 8), k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, k, shape, generator=g)
+
+
+def _perfect_logits(target, k=3, scale=20.0):
+    return torch.nn.functional.one_hot(target[:, 0], k).movedim(-1, 1).float() * scale
+
+
+def test_weights_halve_and_drop_lowest():
+    w = deep_supervision_weights(4)
+    assert abs(sum(w) - 1) < 1e-9 and w[-1] == 0
+    assert abs(w[0] / w[1] - 2) < 1e-9 and abs(w[1] / w[2] - 2) < 1e-9
+    assert deep_supervision_weights(1) == [1.0]
+
+
+def test_perfect_prediction_low_loss_and_wrong_high():
+    t = _target()
+    perfect = DiceCELoss()(_perfect_logits(t), t)
+    assert perfect < 1e-3
+    wrong = DiceCELoss()(_perfect_logits((t + 1) % 3), t)
+    assert wrong > 2.0
+    uniform = DiceCELoss()(torch.zeros(2, 3, 8, 8, 8), t)
+    assert perfect < uniform < wrong
+
+
+def test_dice_ignores_background_and_is_batch_dice():
+    t = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
+    t[0, 0, :2] = 1  # foreground only in the first sample
+    logits = _perfect_logits(t, 2, scale=3.0)  # right, but not certain: a little foreground everywhere
+    assert SoftDiceLoss()(logits, t) < 0.15
+    # per-sample Dice scores the empty sample's faint foreground as a total miss; batch Dice does not
+    assert SoftDiceLoss(batch_dice=False)(logits, t) > 0.4
+    assert SoftDiceLoss(include_background=True)(logits, t) < SoftDiceLoss()(logits, t)
+
+
+def test_deep_supervision_uses_all_scales():
+    t0 = _target((1, 1, 8, 8, 8))
+    t1 = t0[:, :, ::2, ::2, ::2]
+    t2 = t0[:, :, ::4, ::4, ::4]
+    outs = [_perfect_logits(t0), _perfect_logits(t1), torch.zeros(1, 3, 2, 2, 2)]
+    loss = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(3))
+    assert loss(outs, [t0, t1, t2]) < 1e-3  # lowest scale has weight 0
+    outs[1] = _perfect_logits((t1 + 1) % 3)
+    assert loss(outs, [t0, t1, t2]) > 0.5
+    g = torch.zeros(1, 3, 8, 8, 8, requires_grad=True)
+    loss([g, torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 2, 2, 2)], [t0, t1, t2]).backward()
+    assert g.grad.abs().sum() > 0

@@ -1,0 +1,118 @@
+"""The shared training loop, end to end on a tiny synthetic dataset (seconds on a CPU)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.atomic import read_json, write_json
+from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
+from autoseg.trainers.base import (TrainingSettings, count_sliding_windows, poly_lr, resolve_precision)
+from autoseg.workspace import DatasetWorkspace
+
+
+def make_workspace(tmp_path: Path, num_cases: int = 5, name: str = "Tiny") -> DatasetWorkspace:
+    """A raw synthetic dataset plus hand-made tiny plans, preprocessed with the real pipeline."""
+    from autoseg.dataset.layout import load_dataset
+    from autoseg.preprocessing.runner import preprocess_dataset
+    from autoseg.synthetic import make_dataset
+
+    raw = make_dataset(tmp_path / "raw" / name, num_cases=num_cases, shape=(16, 20, 20), seed=0)
+    spec = load_dataset(raw)
+    ws = DatasetWorkspace(tmp_path / "ws" / name)
+    ws.root.mkdir(parents=True)
+    write_json(ws.source_file, {"raw_path": str(raw), "layout": spec.layout})
+    topo = NetworkTopology(features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]])
+    config = ConfigurationPlan(name="3d_fullres", dim=3, data_identifier="tiny_3d", spacing=[1.0, 1.0, 1.0],
+                               median_shape=[16, 20, 20], patch_size=[16, 16, 16], batch_size=2, network=topo)
+    plans = Plans(version=1, dataset_name=name, planner="test", profile="cpu", gpu_memory_gb=0,
+                  channel_names=["MRI"], label_values=[0, 1, 2], label_names=["background", "inner", "outer"],
+                  normalization=[ChannelNormalization("zscore")], configurations={"3d_fullres": config})
+    plans.save(ws.plans_file)
+    preprocess_dataset(spec, plans, ["3d_fullres"], ws, num_workers=1, progress=False)
+    return ws
+
+
+def test_poly_lr_and_window_count():
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 100, 100) == 0.0
+    assert 0 < poly_lr(0.01, 50, 100) < 0.01 * 0.55
+    assert count_sliding_windows([16, 20, 20], [16, 16, 16], 3) == 1 * 2 * 2
+    assert count_sliding_windows([10, 64, 64], [32, 32], 2) == 10 * 3 * 3
+
+
+def test_precision_choice():
+    assert resolve_precision("fp32", torch.device("cpu")) == (None, False)
+    assert resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False)
+    dtype, scaler = resolve_precision("auto", torch.device("cpu"))
+    assert dtype in (None, torch.bfloat16) and scaler is False
+
+
+def test_train_end_to_end(tmp_path):
+    from autoseg.cli import main
+
+    ws = make_workspace(tmp_path)
+    assert main(["train", "Tiny", "3d_fullres", "0", "--workspace", str(tmp_path / "ws"), "--epochs", "2",
+                 "--iters-per-epoch", "2", "--val-iters", "1", "--device", "cpu", "--num-workers", "0"]) == 0
+    fold = ws.fold_dir("unet", "3d_fullres", 0)
+    assert (ws.results_dir("unet", "3d_fullres") / "plans.json").is_file()
+    assert (fold / "checkpoint_final.pt").is_file() and (fold / "checkpoint_best.pt").is_file()
+    assert not (fold / "checkpoint_latest.pt").exists()
+    assert (fold / "progress.png").stat().st_size > 1000
+    log = read_json(fold / "log.json")
+    assert [e["epoch"] for e in log["epochs"]] == [0, 1]
+    assert log["epochs"][-1]["iterations"] == 4
+    assert len(log["epochs"][0]["pseudo_dice"]) == 2 and log["epochs"][0]["lr"] == pytest.approx(0.01 * (1 - 2 / 4) ** 0.9)
+    state = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["iteration"] == 4 and state["trainer"] == "unet" and state["fold"] == "0"
+    splits = read_json(ws.splits_file)
+    assert len(splits) == 5
+    val = splits[0]["val"]
+    summary = read_json(fold / "validation" / "summary.json")
+    assert summary["num_cases"] == len(val) and set(summary["mean"]) == {"1", "2"}
+    for cid in val:
+        assert (fold / "validation" / f"{cid}.nii.gz").is_file()
+        probs = np.load(fold / "validation" / f"{cid}_probabilities.npy")
+        assert probs.dtype == np.float16 and probs.shape[0] == 3
+    # a second run without --continue refuses to overwrite (in-process: saves a torch import)
+    from autoseg.cli import UserError
+    from autoseg.trainers.registry import get_trainer
+
+    with pytest.raises(UserError, match="--continue"):
+        get_trainer("unet")(ws, "3d_fullres", 0, TrainingSettings(device="cpu")).run()
+
+
+def test_bad_fold_is_a_clear_error(tmp_path, capsys):
+    from autoseg.cli import main
+
+    make_workspace(tmp_path, num_cases=3)
+    assert main(["train", "Tiny", "3d_fullres", "4", "--workspace", str(tmp_path / "ws"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "fold 4 does not exist: this dataset has 3 folds" in err and "Traceback" not in err
+
+
+def test_plan_and_preprocess_then_train_2d_within_time_budget(tmp_path):
+    """The real planner's output trains; a time budget bounds training plus final validation."""
+    import time
+
+    from autoseg.cli import main
+    from autoseg.synthetic import make_dataset
+
+    raw = make_dataset(tmp_path / "raw" / "Synth", num_cases=5, shape=(8, 24, 24), seed=1)
+    ws_dir = str(tmp_path / "ws")
+    assert main(["plan-and-preprocess", str(raw), "--workspace", ws_dir, "-np", "1", "--profile", "cpu",
+                 "-c", "2d"]) == 0
+    budget_min = 0.2
+    t0 = time.monotonic()
+    assert main(["train", str(raw), "2d", "1", "--workspace", ws_dir, "--epochs", "1000", "--iters-per-epoch", "2",
+                 "--val-iters", "1", "--device", "cpu", "--num-workers", "0", "--time-budget", str(budget_min)]) == 0
+    elapsed = time.monotonic() - t0
+    ws = DatasetWorkspace(tmp_path / "ws" / "Synth")
+    fold = ws.fold_dir("unet", "2d", 1)
+    log = read_json(fold / "log.json")
+    # stopped by the budget, far below the 2000-iteration cap, and annealed to lr 0 at its end
+    assert log["total_iterations"] < 2000 and log["epochs"][-1]["iterations"] == log["total_iterations"]
+    assert log["epochs"][-1]["lr"] == 0.0
+    assert elapsed < budget_min * 60 + 8, elapsed  # slack: a loaded 2-core test machine
+    assert read_json(fold / "validation" / "summary.json")["num_cases"] == 1
+    assert log["budget_plan"]["final_validation_estimate_s"] > 0
