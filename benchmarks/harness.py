@@ -478,3 +478,137 @@ def comparison_table(rows: Sequence[tuple[str, Sequence[RunResult], Sequence[Run
             cells += [cell("nn", attr), cell("as", attr), _ratio(med["as", attr], med["nn", attr])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- training/prediction setup
+#
+# Shared by bench_train_dice.py, bench_train_throughput.py and bench_predict.py: both tools'
+# preprocessed data (made once per scratch folder, not timed), the fold's cases taken from
+# autoseg's splits and handed to nnU-Net, and scoring any folder of predictions with autoseg's
+# own metric code.
+
+
+def dataset_id_for(data: Path, explicit: int | None = None) -> int:
+    """nnU-Net dataset id: ``explicit``, else NN of a ``TaskNN_`` folder name, else 999."""
+    import re
+
+    if explicit is not None:
+        return explicit
+    match = re.match(r"Task(\d+)_", Path(data).name)
+    return int(match.group(1)) if match else 999
+
+
+def _run_setup(command: Sequence, log: Path, env: dict[str, str] | None = None, what: str = "") -> None:
+    """Run an untimed preparation command; raise BenchmarkError with the log's tail if it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        rc = subprocess.run([str(c) for c in command], env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise BenchmarkError(f"{what or command[0]} failed (exit {rc}), log {log}:\n{tail(log)}")
+
+
+def autoseg_case_ids(dataset_ws: Path, data_identifier: str) -> list[str]:
+    """Preprocessed case ids, found exactly as ``autoseg train`` finds them."""
+    from autoseg.trainers.base import preprocessed_case_ids
+
+    return preprocessed_case_ids(dataset_ws / "preprocessed" / data_identifier)
+
+
+def prepare_autoseg(data: Path, workspace: Path, workers: int, logs: Path) -> Path:
+    """``autoseg plan-and-preprocess`` into ``workspace`` unless already done; returns the dataset folder."""
+    dataset_ws = workspace / data.name
+    plans = dataset_ws / "plans.json"
+    if plans.is_file():
+        config = json.loads(plans.read_text())["configurations"]["3d_fullres"]
+        if len(autoseg_case_ids(dataset_ws, config["data_identifier"])) >= len(
+                json.loads((data / "dataset.json").read_text())["training"]):
+            return dataset_ws
+    _run_setup([sys.executable, "-m", "autoseg", "plan-and-preprocess", data, "--workspace", workspace,
+                "-np", workers], logs / "autoseg_plan_and_preprocess.log", what="autoseg plan-and-preprocess")
+    return dataset_ws
+
+
+def autoseg_splits(dataset_ws: Path, configuration: str = "3d_fullres") -> list[dict[str, list[str]]]:
+    """autoseg's five folds, made (and written to splits.json) exactly as ``autoseg train`` makes them."""
+    from autoseg.trainers.splits import load_or_create_splits
+    from autoseg.workspace import DatasetWorkspace
+
+    ws = DatasetWorkspace(dataset_ws)
+    config = json.loads(ws.plans_file.read_text())["configurations"][configuration]
+    return load_or_create_splits(ws, autoseg_case_ids(dataset_ws, config["data_identifier"]))
+
+
+def prepare_nnunet(venv: Path, folders: NnunetFolders, data: Path, dataset_id: int, workers: int,
+                   logs: Path) -> Path:
+    """nnU-Net raw copy + ``nnUNetv2_plan_and_preprocess -c 3d_fullres`` unless already done.
+
+    Returns nnU-Net's preprocessed dataset folder.
+    """
+    raw = convert_msd_to_nnunet(data, folders.raw, dataset_id)
+    pre = folders.preprocessed / raw.name
+    n_cases = len(json.loads((data / "dataset.json").read_text())["training"])
+    done = (pre / "nnUNetPlans.json").is_file() and (pre / "nnUNetPlans_3d_fullres").is_dir() and \
+        len([p for p in (pre / "nnUNetPlans_3d_fullres").glob("*.pkl")]) >= n_cases
+    if not done:
+        _run_setup([nnunet_command(venv, "nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", "3d_fullres",
+                    "-np", workers, "-npfp", workers], logs / "nnunet_plan_and_preprocess.log",
+                   env=nnunet_env(folders, venv), what="nnUNetv2_plan_and_preprocess")
+    return pre
+
+
+def write_nnunet_splits(splits: list[dict[str, list[str]]], nnunet_preprocessed_dataset: Path) -> Path:
+    """autoseg's folds as nnU-Net's ``splits_final.json``, which nnU-Net's trainer reads instead of splitting."""
+    from autoseg.atomic import write_json
+
+    target = Path(nnunet_preprocessed_dataset) / "splits_final.json"
+    write_json(target, [{"train": list(s["train"]), "val": list(s["val"])} for s in splits])
+    return target
+
+
+def link_cases(src_folder: Path, case_ids: Iterable[str], dest: Path, ending: str = ".nii.gz",
+               suffix: str = "") -> list[str]:
+    """Symlink ``CASE<ending>`` of each case from ``src_folder`` into a fresh ``dest`` as
+    ``CASE<suffix><ending>``; returns the cases that were missing in ``src_folder``."""
+    remove_tree(dest)
+    dest.mkdir(parents=True)
+    missing = []
+    for cid in case_ids:
+        src = Path(src_folder) / f"{cid}{ending}"
+        if src.is_file():
+            os.symlink(src.resolve(), dest / f"{cid}{suffix}{ending}")
+        else:
+            missing.append(cid)
+    return missing
+
+
+def score_predictions(reference_labels: Path, predictions: Path, case_ids: Sequence[str], work: Path,
+                      ending: str = ".nii.gz") -> dict:
+    """Mean foreground Dice of ``predictions`` for ``case_ids``, by ``autoseg evaluate`` (same code for both tools).
+
+    The reference folder usually holds every case (a dataset's labelsTr), so the cases' reference
+    and prediction files are linked into folders of their own first. A case without prediction
+    counts as missing (reported), not silently dropped.
+    """
+    ref_dir, pred_dir, out_dir = work / "reference", work / "prediction", work / "evaluation"
+    missing_ref = link_cases(reference_labels, case_ids, ref_dir, ending)
+    if missing_ref:
+        raise BenchmarkError(f"{reference_labels}: no reference for {len(missing_ref)} case(s), e.g. {missing_ref[0]}")
+    missing = link_cases(predictions, case_ids, pred_dir, ending)
+    remove_tree(out_dir)
+    _run_setup([sys.executable, "-m", "autoseg", "evaluate", ref_dir, pred_dir, "-o", out_dir,
+                "--file-ending", ending], work / "evaluate.log", what="autoseg evaluate")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return {
+        "mean_foreground_dice": summary["foreground_mean"]["Dice"],
+        "per_class_dice": {k: v["Dice"] for k, v in summary["mean"].items()},
+        "num_cases": summary["num_cases"],
+        "missing_predictions": sorted(set(missing) | set(summary.get("missing_predictions") or [])),
+        "summary_file": str(out_dir / "summary.json"),
+    }
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A plain markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)

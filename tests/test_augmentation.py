@@ -97,7 +97,7 @@ def test_val_transforms_only_targets():
     assert downsample_seg(seg, [[1, 2, 4]])[0].shape == (2, 1, 8, 4, 2)
 
 
-@pytest.mark.parametrize("workers,backend", [(0, "thread"), (1, "thread"), (2, "thread")])
+@pytest.mark.parametrize("workers,backend", [(0, "thread"), (1, "thread"), (2, "thread"), (1, "process")])
 def test_training_batches_same_stream_for_any_workers(sampler3d, workers, backend):
     t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=SCALES_3D)
     ref = [make_batch(sampler3d, t, 0, i) for i in range(3)]
@@ -118,3 +118,56 @@ def test_worker_error_reaches_the_training_loop(sampler3d):
     with TrainingBatches(sampler3d, Broken([]), num_workers=1) as it:
         with pytest.raises(RuntimeError, match="boom"):
             next(it)
+
+
+def test_mirror_flips_data_and_seg_together():
+    from autoseg.trainers.augmentation import MirrorTransform
+
+    x = np.arange(2 * 2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 2, 3, 4, 5)
+    seg = np.arange(2 * 3 * 4 * 5, dtype=np.int16).reshape(2, 1, 3, 4, 5)
+    out = MirrorTransform((0, 1, 2)).apply({"data": x.copy(), "seg": seg.copy()}, [[0, 2], None])
+    np.testing.assert_array_equal(out["data"][0], x[0][:, ::-1, :, ::-1])
+    np.testing.assert_array_equal(out["seg"][0], seg[0][:, ::-1, :, ::-1])
+    np.testing.assert_array_equal(out["data"][1], x[1])
+
+
+def test_intensity_transforms_keep_shape_and_finite_values():
+    from autoseg.trainers.augmentation import (BrightnessMultiplicative, Contrast, Gamma, GaussianBlur, GaussianNoise,
+                                               SimulateLowResolution)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 8, 12, 10)).astype(np.float32)
+    for t in (GaussianNoise(p=1), GaussianBlur(p=1, p_per_channel=1), BrightnessMultiplicative(p=1), Contrast(p=1),
+              SimulateLowResolution(p=1, p_per_channel=1, ignore_axes=(0,)), Gamma(p=1), Gamma(p=1, invert=True)):
+        out = t.apply({"data": x.copy(), "seg": None}, t.sample(np.random.default_rng(1), 3, 2))["data"]
+        assert out.shape == x.shape and out.dtype == np.float32 and np.isfinite(out).all()
+        assert not np.allclose(out, x), type(t).__name__
+    # gamma keeps each channel's mean and std
+    g = Gamma(p=1).apply({"data": x.copy(), "seg": None}, [[1.4, 0.8]] * 3)["data"]
+    np.testing.assert_allclose(g.mean(axis=(2, 3, 4)), x.mean(axis=(2, 3, 4)), atol=1e-4)
+    np.testing.assert_allclose(g.std(axis=(2, 3, 4)), x.std(axis=(2, 3, 4)), rtol=1e-3)
+    # contrast stays within the original range
+    c = Contrast(p=1).apply({"data": x.copy(), "seg": None}, [[1.25, 1.25]] * 3)["data"]
+    assert c.max() <= x.max() + 1e-6 and c.min() >= x.min() - 1e-6
+
+
+def test_foreground_mostly_survives_augmentation(tmp_path):
+    for i in range(2):
+        write_case(tmp_path, f"c{i}", (40, 64, 64), seed=i)
+    s = PatchSampler(tmp_path, ["c0", "c1"], (8, 16, 16), dim=3, batch_size=4, oversample_foreground=1.0)
+    t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=None)
+    hits = [bool((b > 0).any()) for i in range(10) for b in make_batch(s, t, 0, i)["target"][0]]
+    assert np.mean(hits) > 0.9
+
+
+@pytest.mark.parametrize("region", [(9, 14, 13), (10, 15, 12)])
+def test_zero_rotation_equals_plain_crop(region):
+    # the interpolated path and the crop path must put the same voxel at the patch centre
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1) + region).astype(np.float32)
+    seg = rng.integers(0, 3, (1, 1) + region).astype(np.int16)
+    t = SpatialTransform((5, 8, 7), rotation=0.5, scale=(1, 1))
+    a = t.apply({"data": x.copy(), "seg": seg.copy()}, [None])
+    b = t.apply({"data": x.copy(), "seg": seg.copy()}, [{"angles": [0.0, 0.0, 0.0], "scale": None}])
+    np.testing.assert_allclose(a["data"], b["data"], atol=1e-5)
+    np.testing.assert_array_equal(a["seg"], b["seg"])

@@ -49,7 +49,7 @@ def test_crop_matches_volume(cases3d):
 
 def test_small_volume_is_padded_with_zeros(tmp_path):
     data, seg = write_case(tmp_path, "small", (4, 6, 5))
-    s = PatchSampler(tmp_path, ["small"], (8, 10, 12), dim=3, batch_size=4, oversample_foreground=0.5)
+    s = PatchSampler(tmp_path, ["small"], (8, 10, 12), dim=3, batch_size=4, oversample_foreground=0.0)
     d, g = s.sample_batch()
     assert d.shape == (4, 1, 8, 10, 12) and g.shape == (4, 1, 8, 10, 12)
     for b in range(4):
@@ -80,6 +80,21 @@ def test_foreground_forced_with_oversample_one(tmp_path):
         for _ in range(10):
             _, g = s.sample_batch()
             assert all((g[b] > 0).any() for b in range(4))
+
+
+def test_forced_voxel_is_away_from_patch_edge(tmp_path):
+    # class 2 sits in the volume's corner: the patch sticks out rather than leave it on the edge
+    write_case(tmp_path, "c", (20, 24, 28))
+    s = PatchSampler(tmp_path, ["c"], (8, 12, 12), dim=3, batch_size=1, oversample_foreground=1.0)
+    corner_hits = 0
+    for i in range(40):
+        loc = s.sample_locations(np.random.default_rng(i))[0]
+        _, g = s.crop(loc)
+        where = np.argwhere(g[0] == 2)
+        if len(where):
+            corner_hits += 1
+            assert (where.min(axis=0) <= np.array([6, 9, 9])).all()  # within 3/4 of the patch
+    assert corner_hits > 5
 
 
 def test_forced_count_is_last_of_batch(cases3d):

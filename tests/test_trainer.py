@@ -62,7 +62,8 @@ def test_train_end_to_end(tmp_path):
     log = read_json(fold / "log.json")
     assert [e["epoch"] for e in log["epochs"]] == [0, 1]
     assert log["epochs"][-1]["iterations"] == 4
-    assert len(log["epochs"][0]["pseudo_dice"]) == 2 and log["epochs"][0]["lr"] == pytest.approx(0.01 * (1 - 2 / 4) ** 0.9)
+    assert len(log["epochs"][0]["pseudo_dice"]) == 2 and log["epochs"][0]["lr"] == pytest.approx(1e-3 * (1 - 2 / 4) ** 0.9)
+    assert log["optimizer"] == "adam"  # the CPU default; see Trainer.resolve_optimizer
     state = torch.load(fold / "checkpoint_final.pt", weights_only=True)
     assert state["epoch"] == 2 and state["iteration"] == 4 and state["trainer"] == "unet" and state["fold"] == "0"
     splits = read_json(ws.splits_file)
@@ -116,3 +117,31 @@ def test_plan_and_preprocess_then_train_2d_within_time_budget(tmp_path):
     assert elapsed < budget_min * 60 + 8, elapsed  # slack: a loaded 2-core test machine
     assert read_json(fold / "validation" / "summary.json")["num_cases"] == 1
     assert log["budget_plan"]["final_validation_estimate_s"] > 0
+
+
+def test_budget_stops_inside_the_first_epoch(tmp_path):
+    """A budget shorter than one epoch ends training mid-epoch instead of overrunning it."""
+    import time
+
+    from autoseg.cli import main
+
+    make_workspace(tmp_path)
+    t0 = time.monotonic()
+    assert main(["train", "Tiny", "3d_fullres", "0", "--workspace", str(tmp_path / "ws"), "--epochs", "5",
+                 "--iters-per-epoch", "100000", "--val-iters", "1", "--device", "cpu", "--num-workers", "0",
+                 "--time-budget", "0.1"]) == 0
+    elapsed = time.monotonic() - t0
+    log = read_json(DatasetWorkspace(tmp_path / "ws" / "Tiny").fold_dir("unet", "3d_fullres", 0) / "log.json")
+    assert len(log["epochs"]) == 1 and 0 < log["epochs"][0]["iterations"] < 100000
+    assert elapsed < 0.1 * 60 + 8, elapsed
+
+
+def test_sgd_optimizer_is_selectable(tmp_path):
+    from autoseg.cli import main
+
+    make_workspace(tmp_path, num_cases=3)
+    assert main(["train", "Tiny", "3d_fullres", "0", "--workspace", str(tmp_path / "ws"), "--epochs", "1",
+                 "--iters-per-epoch", "2", "--val-iters", "1", "--device", "cpu", "--optimizer", "sgd",
+                 "--no-validation"]) == 0
+    log = read_json(DatasetWorkspace(tmp_path / "ws" / "Tiny").fold_dir("unet", "3d_fullres", 0) / "log.json")
+    assert log["optimizer"] == "sgd" and log["initial_lr"] == 0.01

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    help="configurations to preprocess (default: every planned one)")
     p.add_argument("--verify-only", action="store_true", help="only check the dataset; write nothing")
     p.add_argument("--plan-only", action="store_true", help="write fingerprint.json and plans.json; do not preprocess")
+    p.add_argument("--hybrid", action="store_true",
+                   help="also plan 3d_hybrid (2D U-Net stages with 3D skip modules) on a 3D dataset that is not "
+                        "anisotropic (it is planned automatically when the slice spacing is > 3x in-plane)")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction of MRI channels before cropping")
     p.add_argument("--name", default=None, help="dataset name in the workspace (default: the folder's name)")
     p.set_defaults(func=run)
@@ -76,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
     fingerprint.save(workspace.fingerprint_file)
 
     planner_cls = get_planner(args.planner)
-    plans = planner_cls(fingerprint, gpu_memory_gb=args.gpu_memory, profile=args.profile).plan()
+    planner = planner_cls(fingerprint, gpu_memory_gb=args.gpu_memory, profile=args.profile)
+    if getattr(args, "hybrid", False):
+        if not hasattr(planner, "force_hybrid"):
+            raise UserError(f"--hybrid: planner '{args.planner}' has no force_hybrid option")
+        planner.force_hybrid = True
+    plans = planner.plan()
     plans.n4_bias_correction = bool(args.n4)
     plans.save(workspace.plans_file)
 

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
     p.add_argument("-np", "--num-workers", type=int, default=1,
                    help="background threads reading/preprocessing upcoming cases (default 1)")
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="atlas_istn models: test-time refinement iterations of the STN per case (default: the "
+                        "trained model's, 50); 0 = one pass. Writes CASE (warped atlas), CASE_itn and "
+                        "CASE_displacement.nii.gz; see documentation/atlas_istn.md")
     p.add_argument("--workspace", default=None, help="workspace folder (default $AUTOSEG_HOME or ~/autoseg_workspace)")
     p.set_defaults(func=run)
 
@@ -65,6 +69,26 @@ def selected_models(ws, args: argparse.Namespace) -> tuple[list[tuple[str, str]]
     return members, folds, post
 
 
+def _atlas_istn_run(predictors, folds: list[str], args: argparse.Namespace) -> int | None:
+    """Predict with an atlas_istn model (ITN + refined atlas registration); None for other models."""
+    from autoseg.cli import UserError
+    from autoseg.inference.atlas_refinement import has_atlas, load_atlas_model, predict_folder_atlas_istn
+
+    files = [p.model_folder / f"fold_{f}" / f"checkpoint_{args.checkpoint}.pt" for p in predictors for f in folds]
+    with_atlas = [f for f in files if has_atlas(f)]
+    if not with_atlas:
+        if args.refine is not None:
+            raise UserError("--refine applies only to atlas_istn models")
+        return None
+    if len(files) != 1:
+        raise UserError("an atlas_istn model predicts with one fold's atlas: choose one fold with -f and no ensemble")
+    model = load_atlas_model(with_atlas[0], predictors[0].device)
+    done = predict_folder_atlas_istn(predictors[0], model, args.input, args.output, refine=args.refine,
+                                     overwrite=args.overwrite)
+    print(f"predicted {len(done)} case(s) into {args.output} (atlas-ISTN)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from autoseg.cli import UserError
     from autoseg.inference.predictor import Predictor, predict_folder
@@ -81,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"no trained model in {folder}; train it with 'autoseg train' (or pass --trainer/-c)")
         predictors.append(Predictor(folder, folds=folds, checkpoint=args.checkpoint, device=args.device,
                                     tta=not args.no_tta, overlap=args.overlap, precision=args.precision))
+    atlas = _atlas_istn_run(predictors, folds, args)
+    if atlas is not None:
+        return atlas
     names = " + ".join(f"{t}__{c}" for t, c in members)
     print(f"predicting with {names}, folds {', '.join(folds)}"
           + (f", postprocessing {post}" if post else "") + ("" if not args.no_tta else ", no TTA"))

@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (default: bf16 on CPUs with native bf16 and on recent GPUs)")
-    p.add_argument("--num-workers", type=int, default=None, help="background augmentation processes")
+    p.add_argument("--optimizer", choices=["auto", "sgd", "adam"], default="auto",
+                   help="sgd: nnU-Net's SGD (Nesterov 0.99, lr 1e-2); adam: Adam lr 1e-3; both with polynomial "
+                        "decay. auto: sgd on a GPU, adam on a CPU, where budgets are a few thousand iterations "
+                        "and SGD has not left the all-background start yet (documentation/training.md)")
+    p.add_argument("--num-workers", type=int, default=None, help="background augmentation threads (default 1 on CPU: measured fastest on 2 cores)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from checkpoint_latest.pt (optimizer, LR schedule, epoch, RNG)")
     p.add_argument("--no-validation", action="store_true",
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
         time_budget_min=args.time_budget, device=args.device, precision=args.precision,
         num_workers=args.num_workers, final_validation=not args.no_validation,
-        continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed)
+        continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed,
+        optimizer=args.optimizer)
     trainer = trainer_cls(ws, args.configuration, args.fold, settings)
     try:
         summary = trainer.run()

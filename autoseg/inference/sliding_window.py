@@ -145,6 +145,17 @@ def predict_sliding_window(
         weight = torch.zeros(padded, dtype=torch.float32)
     acc_device = acc.device
     x_dev = x.to(device) if device.type != "cpu" else x
+    # 2.5D networks (attribute context_slices = K) see each slice with its K // 2 neighbours either
+    # side as extra channels, channel-major; beyond the volume the edge slice repeats (as in training)
+    contexts = {int(getattr(n, "context_slices", 1)) for n in networks}
+    if len(contexts) > 1:
+        raise ValueError(f"networks predicted together disagree on context_slices: {sorted(contexts)}")
+    context = contexts.pop()
+    if context > 1 and dim != 2:
+        raise ValueError(f"context_slices={context} needs a 2D network, got dim={dim}")
+    half = context // 2
+    if half:
+        x_dev = torch.cat([x_dev[:, :1]] * half + [x_dev] + [x_dev[:, -1:]] * half, dim=1)
     gauss_acc = gauss_z.to(acc_device)
 
     starts = [list(range(padded[0])) if dim == 2 else tile_starts(padded[0], full_patch[0], overlap)]
@@ -162,9 +173,12 @@ def predict_sliding_window(
     with torch.inference_mode(), autocast:
         for b0 in batches:
             chunk = tiles[b0:b0 + tile_batch_size]
-            inp = torch.stack([x_dev[(slice(None),) + t] for t in chunk])  # (B, C, pz, py, px)
-            if dim == 2:
-                inp = inp[:, :, 0]
+            if half:  # tile t covers slice z; in the edge-padded volume its neighbours are z .. z + 2 * half
+                inp = torch.stack([x_dev[:, t[0].start:t[0].start + context, t[1], t[2]].flatten(0, 1) for t in chunk])
+            else:
+                inp = torch.stack([x_dev[(slice(None),) + t] for t in chunk])  # (B, C, pz, py, px)
+                if dim == 2:
+                    inp = inp[:, :, 0]
             probs = None
             for n in networks:
                 logits = _forward_mirrored(n, inp, flips)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
+from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
 from autoseg.networks.resenc_unet import ResEncUNet
 from autoseg.networks.unet import UNet, total_stride
 
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
 ARCHITECTURES: dict[str, type] = {
     "unet": UNet,
     "resenc_unet": ResEncUNet,
+    "hybrid": HybridUNet,
+    "hybrid_no3d": HybridUNetNo3d,
+    "unet_2p5d": ContextSliceUNet,
+    "unet_2p5d_k5": ContextSliceUNet5,
 }
 
 

@@ -16,6 +16,8 @@ from autoseg.planners.base import Planner
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, ResamplingPlan
 from autoseg.planners.topology import (
     MIN_SIZE_TO_POOL,
+    RESERVED_BYTES,
+    _stage_voxels,
     fit_patch,
     total_stride,
     training_flops,
@@ -34,6 +36,22 @@ LOWRES_SPACING_STEP = 1.05
 # batch 4, patch 40x56x40 costs 1.15e11 and runs ~0.3 s/iteration on 2 cores in bf16.
 CPU_FLOPS_PER_ITERATION = 1.4e11
 RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
+# 3d_hybrid: a median image with at most this many slices is covered whole by the patch
+# (ACDC has 6-18); deeper images get HYBRID_MIN_DEPTH slices (at most the median).
+HYBRID_ALL_SLICES_MAX = 20
+HYBRID_MIN_DEPTH = 16
+
+
+def hybrid_skip_flops(topology: NetworkTopology, patch: list[int], batch: int) -> float:
+    """FLOPs (forward + backward) of the hybrid U-Net's 3D skip modules, on top of its 2D U-Net.
+
+    Per skip voxel of a stage with f features (stages 1 and deeper, autoseg.networks.hybrid_unet):
+    bottleneck residual block 0.5 + 27/4 + 0.5 f^2 MACs, aggregation 6f*2f + 2f*f = 14 f^2.
+    """
+    f = topology.features_per_stage
+    voxels = _stage_voxels(topology, patch)
+    macs = sum(voxels[s] * 21.75 * f[s] * f[s] for s in range(1, topology.n_stages))
+    return 2.0 * 3.0 * macs * batch
 
 
 class DefaultPlanner(Planner):
@@ -57,8 +75,15 @@ class DefaultPlanner(Planner):
     def cost(self, patch: list[int], topology: NetworkTopology, batch: int) -> float:
         """What the budget limits: GPU memory in bytes, or CPU FLOPs per iteration."""
         if self.profile == "cpu":
-            return training_flops(topology, patch, batch, len(self.fingerprint.channel_names), len(self.fingerprint.label_values))
-        return training_memory_bytes(topology, patch, batch)
+            flops = training_flops(topology, patch, batch, len(self.fingerprint.channel_names), len(self.fingerprint.label_values))
+            if self._costing_hybrid:
+                flops += hybrid_skip_flops(topology, patch, batch)
+            return flops
+        memory = training_memory_bytes(topology, patch, batch)
+        if self._costing_hybrid:
+            # skip modules keep ~14 activations of f channels per skip voxel (pooled maps, bottlenecks)
+            memory += (training_memory_bytes(topology, patch, batch) - RESERVED_BYTES) * 0.5
+        return memory
 
     def budget(self, dim: int) -> float:
         return CPU_FLOPS_PER_ITERATION if self.profile == "cpu" else self.gpu_memory_gb * 1e9
@@ -105,13 +130,15 @@ class DefaultPlanner(Planner):
     # --- patch, topology, batch ---
 
     def patch_and_topology(self, spacing: list[float], median_shape: list[int],
-                           frozen_axes: tuple[int, ...] = ()) -> tuple[list[int], NetworkTopology]:
+                           frozen_axes: tuple[int, ...] = (),
+                           keep_axes: tuple[int, ...] = ()) -> tuple[list[int], NetworkTopology]:
         """Largest patch up to the median image shape whose training iteration fits the budget.
 
         Starts at the median shape (rounded up to divide by the network's stride); while too
         costly, the axis spanning the most millimetres shrinks by one stride step, so a shrunken
         patch tends to a cube in mm and keeps context in every direction (thick-slice axes,
         which span many mm in few voxels, keep their slices longest relative to in-plane).
+        ``keep_axes`` never shrink (the 3d_hybrid patch depth).
         """
         dim = len(spacing)
         base, cap = self.features(dim)
@@ -121,7 +148,7 @@ class DefaultPlanner(Planner):
         budget = self.budget(dim)
         while self.cost(patch, topology, batch) > budget:
             stride = total_stride(topology)
-            shrinkable = [a for a in range(dim) if patch[a] - stride[a] >= MIN_SIZE_TO_POOL]
+            shrinkable = [a for a in range(dim) if a not in keep_axes and patch[a] - stride[a] >= MIN_SIZE_TO_POOL]
             if not shrinkable:
                 break  # as small as a useful patch gets; the batch stays at its minimum
             axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], patch[a]))
@@ -152,11 +179,17 @@ class DefaultPlanner(Planner):
         return f"{name}_{'x'.join(f'{s:.2f}' for s in spacing)}"
 
     def make_configuration(self, name: str, dim: int, spacing: list[float], frozen_axes: tuple[int, ...] = (),
-                           trainer: str = "unet", notes: str = "") -> ConfigurationPlan:
-        """Plan one configuration at ``spacing`` (z, y, x); a 2D network uses the last two axes."""
+                           trainer: str = "unet", notes: str = "",
+                           patch_depth: dict[int, int] | None = None) -> ConfigurationPlan:
+        """Plan one configuration at ``spacing`` (z, y, x); a 2D network uses the last two axes.
+
+        ``patch_depth`` {axis: size} fixes the patch along those axes (the budget shrinks the others)."""
         median = self.median_shape(spacing)
         net_spacing, net_median = spacing[3 - dim:], median[3 - dim:]
-        patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes)
+        net_median = list(net_median)
+        for axis, size in (patch_depth or {}).items():
+            net_median[axis] = size
+        patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes, tuple(patch_depth or ()))
         batch = self.batch_size(patch, topology, self.dataset_voxels(spacing))
         ratio = max(net_spacing) / min(net_spacing)
         return ConfigurationPlan(
@@ -201,15 +234,37 @@ class DefaultPlanner(Planner):
                                                "its predictions feed a cascade or an ensemble")
         return config
 
+    # plan 3d_hybrid on any 3D dataset, not only anisotropic ones (plan-and-preprocess --hybrid)
+    force_hybrid = False
+    _costing_hybrid = False
+
+    def hybrid_depth(self, median_slices: int) -> int:
+        """Patch size across slices: every slice of the median image when it has at most
+        :data:`HYBRID_ALL_SLICES_MAX`, else :data:`HYBRID_MIN_DEPTH` (the skip modules see
+        +-2 slices per stage, so a few more than that already give every slice full context)."""
+        if median_slices <= HYBRID_ALL_SLICES_MAX:
+            return max(1, median_slices)
+        return HYBRID_MIN_DEPTH
+
     def configuration_3d_hybrid(self, fullres: ConfigurationPlan) -> ConfigurationPlan | None:
-        """On anisotropic data: the full-resolution data with an in-plane-only topology (no pooling
-        and kernel 1 across the coarse axis at every stage); the hybrid trainer's network mixes
-        information across slices its own way."""
+        """On anisotropic data (or any 3D data with ``force_hybrid``): the full-resolution data with an
+        in-plane-only topology (no pooling and kernel 1 across the slice axis at every stage); the
+        hybrid network mixes information across slices in its 3D skip modules. The patch keeps
+        :meth:`hybrid_depth` slices; the budget, costed with the skip modules, shrinks it in-plane."""
         axis = self.coarse_axis()
         if axis is None:
-            return None
-        return self.make_configuration("3d_hybrid", 3, list(fullres.spacing), frozen_axes=(axis,), trainer="hybrid",
-                                       notes=f"in-plane topology: axis {axis} is never pooled or convolved")
+            if not (self.force_hybrid and not self.fingerprint.is_2d):
+                return None
+            axis = int(np.argmax(self.fingerprint.median_spacing)) if self.fingerprint.anisotropy > 1.0 else 0
+        depth = self.hybrid_depth(int(fullres.median_shape[axis]))
+        self._costing_hybrid = True
+        try:
+            return self.make_configuration("3d_hybrid", 3, list(fullres.spacing), frozen_axes=(axis,), trainer="hybrid",
+                                           notes=f"in-plane topology: axis {axis} is never pooled or convolved; "
+                                                 f"the patch keeps {depth} slices",
+                                           patch_depth={axis: depth})
+        finally:
+            self._costing_hybrid = False
 
     def plan_configurations(self) -> dict[str, ConfigurationPlan]:
         configs: dict[str, ConfigurationPlan] = {}

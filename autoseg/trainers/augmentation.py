@@ -438,6 +438,7 @@ class TrainingBatches:
                 t = threading.Thread(target=_worker_loop, daemon=True, name=f"autoseg-batches-{w}",
                                      args=(self.sampler, self.transforms, self.seed, w, self.num_workers, q, self._stop))
                 self._queues.append(q)
+                t.start()
                 self._workers.append(t)
         else:
             import multiprocessing as mp
@@ -450,9 +451,8 @@ class TrainingBatches:
                 p = ctx.Process(target=_worker_loop, daemon=True, name=f"autoseg-batches-{w}",
                                 args=(self.sampler, self.transforms, self.seed, w, self.num_workers, q, self._stop))
                 self._queues.append(q)
+                p.start()
                 self._workers.append(p)
-        for worker in self._workers:
-            worker.start()
 
     def __iter__(self) -> Iterator[dict]:
         return self

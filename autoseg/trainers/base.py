@@ -61,6 +61,7 @@ class TrainingSettings:
     continue_training: bool = False
     group_regex: str | None = None
     seed: int = 0
+    optimizer: str = "auto"
 
 
 # ---------------------------------------------------------------- device and precision
@@ -178,8 +179,9 @@ class Trainer:
 
     architecture = "unet"
     trainer_name: str | None = None  # set by @register_trainer
-    initial_lr = 1e-2
+    initial_lr = 1e-2  # SGD's; Adam starts from adam_lr
     momentum = 0.99
+    adam_lr = 1e-3
     weight_decay = 3e-5
     grad_clip = 12.0
     lr_exponent = 0.9
@@ -237,6 +239,9 @@ class Trainer:
         self.val_iters = s.val_iters if s.val_iters is not None else self.default_val_iters[kind]
         if self.max_epochs < 1 or self.iters_per_epoch < 1 or self.val_iters < 0:
             raise UserError("--epochs and --iters-per-epoch must be at least 1, --val-iters at least 0")
+        self.optimizer_name = self.resolve_optimizer()
+        if self.optimizer_name == "adam":
+            self.initial_lr = self.adam_lr
         self.autocast_dtype, use_scaler = resolve_precision(s.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.num_workers = s.num_workers if s.num_workers is not None else self.default_num_workers()
@@ -249,15 +254,21 @@ class Trainer:
         self._iter_times: list[float] = []
         self._closables: list[Any] = []
         self._budget_info: dict[str, float] | None = None
+        self._deadline: float | None = None  # monotonic time when a budgeted run must stop training
         self._epoch_overheads: list[float] = []
 
     # ------------------------------------------------------------ pieces subclasses may override
 
     def default_num_workers(self) -> int:
-        """Background augmentation workers: enough to feed a GPU; on CPU they compete with training."""
+        """Background augmentation workers: enough to feed a GPU; on CPU one thread.
+
+        Measured on 2 cores (documentation/networks.md): one loader thread needs ~10% of a
+        core and hides loading (0.44 s/it vs 0.46 inline), while a loader process or giving
+        torch one thread fewer is slower (0.48 and 0.75 s/it).
+        """
         n = os.cpu_count() or 1
         if self.device.type == "cpu":
-            return 0 if n <= 2 else min(4, n // 4)
+            return 1
         return max(1, min(12, n - 2))
 
     def build_network(self) -> nn.Module:
@@ -265,7 +276,23 @@ class Trainer:
 
         return build_network(self.plans, self.config, architecture=self.architecture)
 
+    def resolve_optimizer(self) -> str:
+        """``auto``: nnU-Net's SGD on a GPU; Adam on a CPU.
+
+        Measured on Hippocampus (documentation/training.md): after 200 iterations SGD with
+        momentum 0.99 still predicts only background (pseudo-Dice 0), Adam is at 0.6. A CPU
+        budget is a few thousand iterations, so the slow SGD start costs most of it.
+        """
+        name = self.settings.optimizer
+        if name == "auto":
+            return "sgd" if self.device.type in ("cuda", "mps") else "adam"
+        if name not in ("sgd", "adam"):
+            raise UserError(f"unknown optimizer '{name}': choose auto, sgd or adam")
+        return name
+
     def build_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(network.parameters(), lr=self.initial_lr, momentum=self.momentum,
                                weight_decay=self.weight_decay, nesterov=True)
 
@@ -297,7 +324,9 @@ class Trainer:
 
     def _setup(self) -> None:
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - self.num_workers))
+            # the loader is a thread that mostly waits in numpy/scipy with the GIL released:
+            # torch keeps every core (one thread fewer measured 1.7x slower on 2 cores)
+            torch.set_num_threads(os.cpu_count() or 1)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
         self.network = self.build_network().to(self.device)
@@ -326,18 +355,22 @@ class Trainer:
             "iteration": self.iteration,
             "total_iterations": self.total_iterations,
             "iters_per_epoch": self.iters_per_epoch,
-            "lr_schedule": {"kind": "poly", "initial_lr": self.initial_lr, "exponent": self.lr_exponent,
-                            "total_iterations": self.total_iterations},
+            "lr_schedule": {"kind": "poly", "optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
+                            "exponent": self.lr_exponent, "total_iterations": self.total_iterations},
             "time_budget_min": self.settings.time_budget_min,
             "elapsed_s": self.elapsed_s(),
             "rng": ckpt.rng_state(),
             "log": self.log.to_dict(),
+            **self.extra_checkpoint_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint format {state.get('format')} is not supported by this autoseg version")
         self.network.load_state_dict(state["network"])
+        saved = state.get("lr_schedule", {}).get("optimizer", "sgd")
+        if saved != self.optimizer_name:
+            raise UserError(f"the checkpoint was trained with --optimizer {saved}; resume with --optimizer {saved}")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -348,6 +381,18 @@ class Trainer:
         self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
         self.log = ProgressLog.from_dict(state["log"])
         ckpt.set_rng_state(state["rng"])
+        self.load_extra_checkpoint_state(state)
+
+    # Hooks for trainers that keep more than one network's state (e.g. atlas_istn's STN and atlas).
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        """More checkpoint entries (plain types and tensors only: checkpoints load weights_only)."""
+        return {}
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_checkpoint_state` saved."""
+
+    def on_train_epoch_end(self) -> None:
+        """Called after an epoch's training iterations, before validation and checkpointing."""
 
     def elapsed_s(self) -> float:
         return self.elapsed_before_s + (time.monotonic() - self.start_time)
@@ -428,8 +473,13 @@ class Trainer:
                   "configuration": self.configuration, "fold": self.fold, "train_cases": len(self.train_ids),
                   "val_cases": len(self.val_ids), "device": str(self.device),
                   "precision": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
+                  "optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
                   "time_budget_min": self.settings.time_budget_min}
         seed = self.settings.seed + self.iteration  # a resumed run draws fresh, still deterministic, patches
+        if self.settings.time_budget_min is not None and self.iteration < self.total_iterations:
+            # a first deadline before any epoch ends, so even the first epoch respects the budget
+            self._forward_time_s = self._measure_forward_time()
+            self._deadline = self._deadline_for(self.estimate_final_validation_s() + 5.0)
         try:
             if self.iteration < self.total_iterations:
                 train_batches = self.build_batches(self.train_ids, True, seed)
@@ -457,8 +507,14 @@ class Trainer:
             losses.append(self.train_step(next(train_batches)))
             self.iteration += 1
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                # the budget ran out inside an epoch (a tiny budget, or the machine slowed down)
+                self.total_iterations = self.iteration
+                break
+        n = len(losses)
         train_time = time.monotonic() - t0
         self._iter_times.append(train_time / n)
+        self.on_train_epoch_end()
         val_loss, dice = None, []
         if val_batches is not None:
             self.network.eval()
@@ -540,6 +596,10 @@ class Trainer:
         export = voxels * self.plans.num_classes * 5e-8 + 0.5 * len(self.val_ids)
         return self.validation_time_margin * (windows * fwd * flips + export)
 
+    def _deadline_for(self, reserve_s: float) -> float:
+        """Monotonic time at which training must stop to leave ``reserve_s`` inside the budget."""
+        return time.monotonic() + self.settings.time_budget_min * 60 - self.elapsed_s() - reserve_s
+
     def _replan_for_budget(self) -> None:
         """Fit the remaining iterations (and so the LR schedule) into what is left of the budget."""
         budget_s = self.settings.time_budget_min * 60
@@ -553,6 +613,7 @@ class Trainer:
         more = max(0, int(left / per_iter_total)) if per_iter_total > 0 else 0
         cap = self.max_epochs * self.iters_per_epoch
         self.total_iterations = max(self.iteration, min(cap, self.iteration + more))
+        self._deadline = self._deadline_for(reserve)
         self._budget_info = {"seconds_per_iteration": per_iter, "epoch_overhead_s": overhead,
                              "final_validation_estimate_s": reserve - 5.0, "elapsed_s": self.elapsed_s()}
 

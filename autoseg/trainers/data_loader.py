@@ -134,10 +134,12 @@ class PatchSampler:
         for p, ax in zip(self.patch_size, axes):
             lo, hi = min(0, shape[ax] - p), max(0, shape[ax] - p)
             if locs:
-                # jitter within a sixth of the patch keeps the voxel inside the patch even after
-                # the spatial augmentation rotates and scales around the centre
+                # Jitter within a sixth of the patch; the patch stays inside the volume where it
+                # can, but may stick out (zero-padded) to keep the voxel at least a quarter patch
+                # from its edge, so rotation and scaling about the centre rarely push it out.
+                v = int(voxel[ax])
                 jitter = int(rng.integers(-(p // 6), p // 6 + 1))
-                corner = int(np.clip(int(voxel[ax]) - p // 2 + jitter, lo, hi))
+                corner = int(np.clip(v - p // 2 + jitter, min(lo, v - (3 * p) // 4), max(hi, v - p // 4)))
             else:
                 corner = int(rng.integers(lo, hi + 1))
             center[ax] = corner + p // 2
@@ -185,3 +187,38 @@ class PatchSampler:
             locations = self.sample_locations(rng)
         crops = [self.crop(loc, size) for loc in locations]
         return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+
+
+class ContextSlicePatchSampler(PatchSampler):
+    """2D patches with ``context_slices`` neighbouring slices stacked as channels (2.5D).
+
+    ``crop`` returns data ``(C * K, *size)`` ordered channel-major (``c0 z-h .. c0 z+h, c1 ...``)
+    and the label of the centre slice only. Slices beyond the volume repeat the edge slice:
+    a zero slice (the mean intensity) would look like nothing the network sees inside a volume.
+    """
+
+    def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int],
+                 batch_size: int, context_slices: int, oversample_foreground: float = 0.33, seed: int = 0) -> None:
+        if context_slices < 1 or context_slices % 2 == 0:
+            raise ValueError(f"context_slices must be odd and >= 1, got {context_slices}")
+        super().__init__(preprocessed_dir, case_ids, patch_size, 2, batch_size, oversample_foreground, seed)
+        self.context_slices = int(context_slices)
+
+    @property
+    def num_channels(self) -> int:
+        return super().num_channels * self.context_slices
+
+    def crop(self, location: PatchLocation, size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n_slices = self._spatial_shape(location.case_id)[0]
+        h = self.context_slices // 2
+        z = location.center[0]
+        slabs, seg = [], None
+        for dz in range(-h, h + 1):
+            zz = min(max(z + dz, 0), n_slices - 1)
+            d, g = super().crop(PatchLocation(location.case_id, (zz, location.center[1], location.center[2]),
+                                              location.forced_foreground), size)
+            slabs.append(d)
+            if dz == 0:
+                seg = g
+        data = np.stack(slabs, axis=1)  # (C, K, *size)
+        return data.reshape((-1,) + data.shape[2:]), seg

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _TRAINERS: dict[str, type] = {}
-_BUILTIN_MODULES = ("autoseg.trainers.unet", "autoseg.trainers.resenc_unet")
+# Adding an architecture: its trainer module and one line here.
+_BUILTIN_MODULES = (
+    "autoseg.trainers.unet",
+    "autoseg.trainers.resenc_unet",
+    "autoseg.trainers.hybrid",
+    "autoseg.trainers.unet_2p5d",
+    "autoseg.trainers.atlas_istn",
+)
 
 
 class TrainerNotFound(Exception):

@@ -1,0 +1,190 @@
+"""Hybrid 2D/3D U-Net for thick-slice (anisotropic) volumes.
+
+Thick-slice scans (cardiac cine at ~1.5x1.5x10 mm, spine MRI at ~0.5x0.5x4 mm) hold dense
+information in-plane and sparse information between slices. A plain 3D U-Net spends most of
+its FLOPs on 3x3x3 kernels over slices that barely correlate, and pools the thin axis early;
+a 2D U-Net never sees the neighbouring slices. This network keeps the U-Net's encoder and
+decoder 2D (``1 x k x k`` kernels, in-plane pooling only) and puts the inter-slice modelling
+on the skip connections, where each resolution's features are handed to the decoder::
+
+    input (N, C, Z, Y, X)
+      |
+    [enc 0: 1x3x3 convs] --skip (identity, see below) ------------------------------> [dec 0] -> head (full res)
+      | in-plane stride 1x2x2                                                         ^ 1x2x2 transposed conv
+    [enc 1: 1x3x3 convs] --skip--> [3D res block 3x3x3] -> [neighbourhood agg.] --> [dec 1] -> head (DS)
+      |                                                                               ^
+     ...                                                                             ...
+    [bottleneck: 1x3x3] ---------> [3D res block 3x3x3] -> [neighbourhood agg.] ------+
+
+The full-resolution skip stays plain by default (``first_skip_stage=1``): there the 3D modules
+would cost as much as the whole 2D network, and the decoder's last stage already receives
+inter-slice context through the stage below. Skip module of a stage with ``f`` features:
+
+* a 3D residual block (bottleneck: 1x1x1 to f/2, 3x3x3, 1x1x1 back to f; instance norm,
+  LeakyReLU, identity shortcut);
+* a neighbourhood-aggregation block: mean- and max-pooling over ``n x 3 x 3`` neighbourhoods
+  (stride 1, same padding) of increasing thickness ``n = 1, 3, 5`` slices, the six pooled maps
+  concatenated (``6f`` channels), then an inverted bottleneck: 1x1x1 conv to ``2f``, instance
+  norm, LeakyReLU, 1x1x1 conv back to ``f``, instance norm whose scale starts at 0 (the block
+  starts as the identity), added to its input.
+
+Convolutions are ``nn.Conv3d`` with ``(1, k, k)`` kernels rather than folding Z into the
+batch for ``nn.Conv2d``: measured on the shared 2-core CPU (bf16, forward + backward, 32
+channels, 4x10x96x128) both take ~0.33-0.35 s, so the simpler form wins and the instance
+norms stay per volume (per-slice statistics would differ between apex and base slices).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoseg.networks.layers import ConvNormAct, conv, init_weights, norm
+from autoseg.networks.unet import UNetDecoder, check_input, check_topology, stack, total_stride
+from autoseg.planners.plans import NetworkTopology
+
+NEIGHBOURHOOD_THICKNESSES = (1, 3, 5)
+# hidden width of the aggregation's inverted bottleneck, in multiples of the block's channels;
+# 2 rather than the usual 4: the 1x1x1 convs on 6f pooled channels dominate the block's CPU cost
+EXPANSION = 2
+
+
+def in_plane_topology(topology: NetworkTopology) -> NetworkTopology:
+    """The same topology with kernel 1 along z at every stage: encoder and decoder never mix slices."""
+    t = copy.deepcopy(topology)
+    t.kernel_sizes = [[1] + list(k[1:]) for k in t.kernel_sizes]
+    return t
+
+
+class ResidualBlock3d(nn.Module):
+    """Bottleneck residual block whose middle conv is 3x3x3: the skip module that sees neighbouring slices.
+
+    1x1x1 (f -> f/2), 3x3x3 (f/2 -> f/2), 1x1x1 (f/2 -> f), each with instance norm, identity
+    shortcut. A plain two-conv 3x3x3 block costs 54 f^2 MACs per voxel, more than the 2D
+    stage it serves (~45 f^2); this one costs ~8 f^2.
+    """
+
+    def __init__(self, channels: int, kernel_size: Sequence[int] = (3, 3, 3)) -> None:
+        super().__init__()
+        mid = max(1, channels // 2)
+        self.reduce = ConvNormAct(3, channels, mid, (1, 1, 1))
+        self.conv = ConvNormAct(3, mid, mid, kernel_size)
+        self.restore = ConvNormAct(3, mid, channels, (1, 1, 1), act=False)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.restore(self.conv(self.reduce(x))) + x)
+
+
+class NeighbourhoodAggregation(nn.Module):
+    """Mean and max over ``n x 3 x 3`` neighbourhoods (n = 1, 3, 5 slices), inverted bottleneck, residual.
+
+    Output has the input's shape. Pooling is stride 1 with same padding (mean over the voxels
+    inside the volume only), so a slice's output depends on up to ``max(n) // 2`` slices either side.
+    """
+
+    def __init__(self, channels: int, thicknesses: Sequence[int] = NEIGHBOURHOOD_THICKNESSES,
+                 expansion: int = EXPANSION) -> None:
+        super().__init__()
+        if any(n < 1 or n % 2 == 0 for n in thicknesses):
+            raise ValueError(f"neighbourhood thicknesses must be odd and >= 1, got {list(thicknesses)}")
+        self.thicknesses = tuple(int(n) for n in thicknesses)
+        hidden = expansion * channels
+        self.expand = ConvNormAct(3, 2 * len(self.thicknesses) * channels, hidden, (1, 1, 1))
+        self.project = ConvNormAct(3, hidden, channels, (1, 1, 1), act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled_mean, pooled_max = [], []
+        for n in self.thicknesses:
+            # torch's pools need the volume at least as thick as the window: a thinner input
+            # (an image with fewer slices than n) pools over the odd number of slices it has
+            n = min(n, x.shape[2] if x.shape[2] % 2 else x.shape[2] - 1)
+            k, pad = (n, 3, 3), (n // 2, 1, 1)
+            pooled_mean.append(F.avg_pool3d(x, k, stride=1, padding=pad, count_include_pad=False))
+            pooled_max.append(F.max_pool3d(x, k, stride=1, padding=pad))
+        pooled = pooled_mean + pooled_max
+        return x + self.project(self.expand(torch.cat(pooled, dim=1)))
+
+
+class LargeKernelBlock(nn.Module):
+    """In-plane depthwise 7x7 conv, norm, pointwise MLP (x2), residual: cheap large receptive field."""
+
+    def __init__(self, channels: int, kernel: int = 7) -> None:
+        super().__init__()
+        self.dw = nn.Conv3d(channels, channels, (1, kernel, kernel), padding=(0, kernel // 2, kernel // 2),
+                            groups=channels, bias=False)
+        self.norm = norm(3)(channels, eps=1e-5, affine=True)
+        self.pw1 = conv(3)(channels, 2 * channels, 1)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+        self.pw2 = conv(3)(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw2(self.act(self.pw1(self.norm(self.dw(x)))))
+
+
+class SkipModule(nn.Sequential):
+    def __init__(self, channels: int) -> None:
+        super().__init__(ResidualBlock3d(channels), NeighbourhoodAggregation(channels))
+
+
+class HybridUNet(nn.Module):
+    """2D encoder/decoder stages, 3D modules on the skips; same interface as :class:`~autoseg.networks.unet.UNet`.
+
+    ``skip_modules=False`` is the ablation: a U-Net of in-plane convolutions only (every slice
+    predicted on its own). Skip modules sit on stages ``first_skip_stage`` and deeper (default 1:
+    every stage but full resolution). ``large_kernel=True`` appends a depthwise 7x7 block to every encoder
+    stage. ``topology`` comes from the ``3d_hybrid`` configuration (in-plane strides); kernels
+    along z are forced to 1 whatever the topology says, strides are used as planned.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int = 3,
+                 deep_supervision: bool = True, skip_modules: bool = True, large_kernel: bool = False,
+                 first_skip_stage: int = 1) -> None:
+        super().__init__()
+        if dim != 3:
+            raise ValueError(f"the hybrid U-Net needs 3 spatial axes (a stack of slices), got dim={dim}")
+        check_topology(topology, dim)
+        self.dim = dim
+        self.deep_supervision = deep_supervision
+        self.total_stride = total_stride(topology)
+        topo = in_plane_topology(topology)
+        f = topo.features_per_stage
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for s in range(topo.n_stages):
+            stage = stack(dim, prev, f[s], topo.kernel_sizes[s], topo.strides[s], topo.n_conv_per_stage)
+            if large_kernel:
+                stage.append(LargeKernelBlock(f[s]))
+            self.encoder.append(stage)
+            prev = f[s]
+        # Full resolution gets no 3D module: there it would cost as much as the rest of the network
+        # (stride-1 pooling and 1x1x1 convs on the largest maps are memory-bound on a CPU), while
+        # the decoder's last stage still receives inter-slice context from the stage below.
+        self.skips = nn.ModuleList(SkipModule(c) if skip_modules and s >= first_skip_stage else nn.Identity()
+                                   for s, c in enumerate(f))
+        self.decoder = UNetDecoder(num_classes, topo, dim, topo.n_conv_per_stage)
+        self.apply(init_weights)
+        for m in self.modules():
+            if isinstance(m, NeighbourhoodAggregation):
+                # the aggregation starts as the identity: early training sees the plain 2D path
+                nn.init.zeros_(m.project[1].weight)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        check_input(x, self.dim, self.total_stride)
+        skips = []
+        for stage, skip in zip(self.encoder, self.skips):
+            x = stage(x)
+            skips.append(skip(x))
+            # the next stage pools the un-mixed features; the 3D modules feed the decoder only
+        return self.decoder(skips, all_heads=self.training and self.deep_supervision)
+
+
+class HybridUNetNo3d(HybridUNet):
+    """Ablation: the hybrid U-Net without its 3D skip modules (slices never exchange information)."""
+
+    def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int = 3,
+                 deep_supervision: bool = True) -> None:
+        super().__init__(in_channels, num_classes, topology, dim, deep_supervision, skip_modules=False)
