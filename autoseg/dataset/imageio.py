@@ -68,6 +68,15 @@ def fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
+def split_ending(name: str) -> tuple[str, str] | None:
+    """``("case_001", ".nii.gz")`` for a supported image file name, else None."""
+    lower = name.lower()
+    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
+        if lower.endswith(ending):
+            return name[: len(name) - len(ending)], name[len(name) - len(ending):]
+    return None
+
+
 def has_supported_ending(path: str | os.PathLike) -> bool:
     name = str(path).lower()
     return Path(path).is_dir() or name.endswith(SUPPORTED_ENDINGS)

@@ -183,7 +183,7 @@ def _check_channels(images, cid: str, s: _Settings, problems: list[Problem]) -> 
                     f"single-channel file per channel", cid, rel))
             if path is not ref_path:
                 _compare_grids(ref_arr.shape[1:], ref_geo, f"channel 0 ({ref_path.name})", arr.shape[1:], geo,
-                               f"channel file", cid, rel, s.tolerance, problems)
+                               "channel file", cid, rel, s.tolerance, problems)
         return sum(arr.shape[0] for _, arr, _ in images)
     path, arr, _ = images[0]
     if declared and arr.shape[0] != declared:

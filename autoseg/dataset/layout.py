@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoseg.dataset.imageio import IMAGE_2D_ENDINGS, SUPPORTED_ENDINGS
+from autoseg.dataset.imageio import IMAGE_2D_ENDINGS, split_ending
 
 
 @dataclass
@@ -86,11 +86,8 @@ class DatasetSpec:
 
 
 def _file_ending(name: str) -> str:
-    lower = name.lower()
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if lower.endswith(ending):
-            return name[len(name) - len(ending):]
-    return Path(name).suffix
+    parts = split_ending(name)
+    return parts[1] if parts else Path(name).suffix
 
 
 def _inside(root: Path, rel: str, problems: list[Problem], case_id: str | None) -> Path | None:

@@ -18,21 +18,12 @@ import numpy as np
 
 from autoseg.atomic import atomic_path, write_json
 from autoseg.cli import UserError
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, read_label
+from autoseg.dataset.imageio import read_label, split_ending
 from autoseg.evaluation.metrics import METRIC_NAMES, compute_case_metrics, empty_metrics
 
 
 class EvaluationError(UserError):
     """Reference and prediction folders cannot be compared; the message names the files."""
-
-
-def split_ending(name: str) -> tuple[str, str] | None:
-    """``("case_001", ".nii.gz")`` for a supported image file name, else None."""
-    lower = name.lower()
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if lower.endswith(ending):
-            return name[: len(name) - len(ending)], name[len(name) - len(ending):]
-    return None
 
 
 def list_label_files(folder: str | os.PathLike, file_ending: str | None = None) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from autoseg.atomic import atomic_path, remove_partials, write_json
 from autoseg.cli import UserError
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, ImageReadError, read_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, ImageReadError, read_image, split_ending
 from autoseg.inference.export import (
     entropy_map,
     label_volumes_ml,
@@ -50,14 +50,6 @@ class InputCase:
     case_id: str
     files: list[Path]  # one multi-channel file, or one file per channel in channel order
     ending: str  # the input's file ending; the prediction is written in the same format
-
-
-def split_ending(name: str) -> tuple[str, str] | None:
-    lower = name.lower()
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if lower.endswith(ending):
-            return name[: len(name) - len(ending)], name[len(name) - len(ending):]
-    return None
 
 
 def find_input_cases(folder: str | os.PathLike, num_channels: int) -> list[InputCase]:
