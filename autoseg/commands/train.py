@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iters-per-epoch", type=int, default=None,
                    help="training iterations per epoch (default 250 on GPU, 50 on CPU)")
     p.add_argument("--val-iters", type=int, default=None,
-                   help="validation batches of patches after each epoch (default 50 on GPU, 10 on CPU; 0: none)")
+                   help="validation batches of patches after each epoch (default 50 on GPU, 5 on CPU; 0: none)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="wall-clock budget for the whole run including the final validation; "
                         "the number of iterations and the LR schedule are fitted to it")

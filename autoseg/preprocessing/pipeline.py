@@ -99,14 +99,22 @@ def preprocess_case(
     plans: Plans,
     config: ConfigurationPlan,
     case_id: str = "",
+    bias_field_corrected: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Preprocess ``image`` ``(C, Z, Y, X)`` and ``label`` ``(Z, Y, X)`` (or None at inference).
 
     Returns float32 data ``(C, Z', Y', X')``, int16 class indices ``(Z', Y', X')`` or None,
-    and the properties documented in documentation/architecture.md.
+    and the properties documented in documentation/architecture.md. When the plans ask for
+    N4 bias-field correction it is applied here, so training data and new scans at inference
+    get the same correction; ``bias_field_corrected=True`` says the caller already did it
+    (the dataset runner does it once per case for all configurations).
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    if plans.n4_bias_correction and not bias_field_corrected:
+        from autoseg.preprocessing.bias_field import correct_mri_channels
+
+        image = correct_mri_channels(image, geometry.spacing, plans.channel_names, [n.scheme for n in plans.normalization])
     if label is not None and label.shape != image.shape[1:]:
         raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[1:]}")
     original_shape = [int(s) for s in image.shape[1:]]

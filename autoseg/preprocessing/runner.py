@@ -137,7 +137,8 @@ def _process(job: _Job) -> str:
             image = correct_mri_channels(image, geometry.spacing, plans.channel_names, [n.scheme for n in plans.normalization])
         for config_name, folder in job.outputs:
             config: ConfigurationPlan = plans.configurations[config_name]
-            data, seg, properties = preprocess_case(image, label, geometry, plans, config, case_id=case.case_id)
+            data, seg, properties = preprocess_case(image, label, geometry, plans, config, case_id=case.case_id,
+                                                    bias_field_corrected=_STATE["n4"])
             data_path, seg_path, props_path = case_files(folder, case.case_id)
             _save_npy(data_path, data)
             if seg is not None:

@@ -189,7 +189,7 @@ class Trainer:
     # nnU-Net's defaults on a GPU; CPUs get shorter epochs so logs and checkpoints keep coming.
     default_epochs = {"gpu": 1000, "cpu": 1000}
     default_iters_per_epoch = {"gpu": 250, "cpu": 50}
-    default_val_iters = {"gpu": 50, "cpu": 10}
+    default_val_iters = {"gpu": 50, "cpu": 5}  # CPU: patch validation only picks checkpoint_best
     # Mirroring at final validation costs 4-8x; on CPU that time is better spent training.
     validation_tta: bool | None = None  # None: on for CUDA, off elsewhere
     validation_overlap = 0.5
@@ -330,6 +330,8 @@ class Trainer:
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
         self.network = self.build_network().to(self.device)
+        if self.memory_format is not None:
+            self.network = self.network.to(memory_format=self.memory_format)
         self.optimizer = self.build_optimizer(self.network)
         self.n_outputs = len(self.deep_supervision_scales())
         self.loss = self.build_loss(self.n_outputs)
@@ -409,8 +411,20 @@ class Trainer:
     def _lr(self) -> float:
         return poly_lr(self.initial_lr, self.iteration, self.total_iterations, self.lr_exponent)
 
+    @property
+    def memory_format(self) -> torch.memory_format | None:
+        """Channels-last on CPU: its convolutions measured ~7% faster under bf16 (networks.md)."""
+        if self.device.type != "cpu":
+            return None
+        return {2: torch.channels_last, 3: torch.channels_last_3d}.get(self.config.dim)
+
+    def _to_device(self, data: torch.Tensor) -> torch.Tensor:
+        data = data.to(self.device, non_blocking=True)
+        fmt = self.memory_format
+        return data.contiguous(memory_format=fmt) if fmt is not None and data.ndim == self.config.dim + 2 else data
+
     def train_step(self, batch: dict[str, Any]) -> float:
-        data = batch["data"].to(self.device, non_blocking=True)
+        data = self._to_device(batch["data"])
         target = [t.to(self.device, non_blocking=True) for t in batch["target"]]
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr()
@@ -433,7 +447,7 @@ class Trainer:
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, np.ndarray]:
         """Loss on the full-resolution output and per-class (tp, fp, fn) of its argmax."""
-        data = batch["data"].to(self.device, non_blocking=True)
+        data = self._to_device(batch["data"])
         target = batch["target"][0].to(self.device, non_blocking=True)
         with self._autocast():
             output = self.network(data)
