@@ -121,7 +121,8 @@ def test_folds_are_averaged(setup):
     p1 = Predictor(model, folds=(1,), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
     both = Predictor(model, folds=(0, 1), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
     assert not np.allclose(p0, p1, atol=1e-3)
-    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=1e-5)
+    # atol: probabilities wait for export in float16 (memory bound), ~5e-4 rounding
+    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=1e-3)
 
 
 def test_input_errors_name_the_file(setup, tmp_path):

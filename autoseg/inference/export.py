@@ -55,7 +55,8 @@ def to_original_geometry(
     out[0] = 1.0  # outside the crop box there was no image: background
     for c in range(k):
         # linear for probabilities: a cubic spline would overshoot outside [0, 1]
-        out[(c,) + inside] = resample(probabilities[c], crop_shape, order=1, separate_axis=axis,
+        out[(c,) + inside] = resample(probabilities[c].astype(np.float32, copy=False), crop_shape, order=1,
+                                      separate_axis=axis,
                                       separate_axis_order=config.resampling.separate_axis_order)
     return out
 

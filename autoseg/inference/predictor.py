@@ -278,6 +278,9 @@ class Predictor:
         data, properties = self.preprocess(image, geometry)
         probs = self.predict_preprocessed(data)
         del data
+        # the preprocessed-grid copy goes to float16 before export builds the original-grid
+        # float32 volume, so a large CT never holds two float32 (K, Z, Y, X) volumes at once
+        probs = probs.to(torch.float16)
         return self.export(probs, properties)
 
     def predict_case(self, image: np.ndarray, geometry: Geometry,
@@ -426,7 +429,8 @@ def predict_folder(
                 pending_reads.append(reader.submit(prepare, todo[i + workers]))
             results = []
             for p, (data, props) in zip(predictors, prepared):
-                results.append((p, p.predict_preprocessed(data), props))
+                # float16 while waiting for export: see predict_probabilities
+                results.append((p, p.predict_preprocessed(data).to(torch.float16), props))
             del prepared
             if pending_write is not None:
                 pending_write.result()  # at most one case waits for export: bounds memory
