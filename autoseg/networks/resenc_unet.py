@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autoseg.networks.layers import ConvNormAct, avg_pool, conv, init_weights, norm
-from autoseg.networks.unet import UNetDecoder, check_input, check_topology, total_stride
+from autoseg.networks.unet import EncoderDecoder, UNetDecoder, check_topology, total_stride
 from autoseg.planners.plans import NetworkTopology
 
 DEFAULT_BLOCKS = (1, 2, 2, 3, 3, 3, 3, 3)
@@ -42,7 +42,7 @@ class BasicBlock(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.skip(x))
 
 
-class ResEncUNet(nn.Module):
+class ResEncUNet(EncoderDecoder):
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int,
                  deep_supervision: bool = True, blocks_per_stage: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -68,15 +68,3 @@ class ResEncUNet(nn.Module):
             prev = f[s]
         self.decoder = UNetDecoder(num_classes, topology, dim, topology.n_conv_per_stage)
         self.apply(init_weights)
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        skips = []
-        for stage in self.encoder:
-            x = stage(x)
-            skips.append(x)
-        return skips
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
-        check_input(x, self.dim, self.total_stride)
-        return self.decoder(self.encode(x), all_heads=self.training and self.deep_supervision)

@@ -79,7 +79,28 @@ class UNetDecoder(nn.Module):
         return outputs[::-1]
 
 
-class UNet(nn.Module):
+class EncoderDecoder(nn.Module):
+    """What every U-Net variant shares: an optional stem, encoder stages whose outputs are the
+    skips, and :class:`UNetDecoder`. Subclasses build ``stem``, ``encoder`` and ``decoder``."""
+
+    dim: int
+    deep_supervision: bool
+    total_stride: list[int]
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        check_input(x, self.dim, self.total_stride)
+        return self.decoder(self.encode(x), all_heads=self.training and self.deep_supervision)
+
+
+class UNet(EncoderDecoder):
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int,
                  deep_supervision: bool = True) -> None:
         super().__init__()
@@ -94,19 +115,9 @@ class UNet(nn.Module):
             self.encoder.append(stack(dim, prev, f[s], topology.kernel_sizes[s], topology.strides[s],
                                       topology.n_conv_per_stage))
             prev = f[s]
+        self.stem = nn.Identity()  # the first encoder stage takes the input channels itself
         self.decoder = UNetDecoder(num_classes, topology, dim, topology.n_conv_per_stage)
         self.apply(init_weights)
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for stage in self.encoder:
-            x = stage(x)
-            skips.append(x)
-        return skips
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
-        check_input(x, self.dim, self.total_stride)
-        return self.decoder(self.encode(x), all_heads=self.training and self.deep_supervision)
 
 
 def check_input(x: torch.Tensor, dim: int, stride: list[int]) -> None:
