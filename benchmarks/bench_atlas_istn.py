@@ -13,7 +13,6 @@ topologically plausible; clean and corrupted) and renders fold 0's atlas to --pn
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -65,13 +65,12 @@ def autoseg_available() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = args.data.expanduser().resolve()
-    if not (data / "dataset.json").is_file():
-        print(f"error: {data}/dataset.json not found; pass --data DATASET_FOLDER", file=sys.stderr)
+    data = harness.dataset_folder(args.data)
+    if data is None:
         return 2
     match = re.match(r"Task(\d+)_", data.name)
     dataset_id = args.dataset_id if args.dataset_id is not None else (int(match.group(1)) if match else 999)
-    scratch = (args.scratch or harness.DEFAULT_SCRATCH / f"plan_preprocess_{data.name}").expanduser().resolve()
+    scratch = harness.scratch_folder(args.scratch, "plan_preprocess", data)
     scratch.mkdir(parents=True, exist_ok=True)
     results_file = scratch / "results.jsonl"
     logs = scratch / "logs"

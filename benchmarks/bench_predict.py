@@ -62,13 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = args.data.expanduser().resolve()
-    if not (data / "dataset.json").is_file():
-        print(f"error: {data}/dataset.json not found; pass --data DATASET_FOLDER", file=sys.stderr)
+    data = harness.dataset_folder(args.data)
+    if data is None:
         return 2
     dataset_id = harness.dataset_id_for(data, args.dataset_id)
     models_scratch = (args.models_scratch or harness.DEFAULT_SCRATCH / f"train_throughput_{data.name}").expanduser().resolve()
-    scratch = (args.scratch or harness.DEFAULT_SCRATCH / f"predict_{data.name}").expanduser().resolve()
+    scratch = harness.scratch_folder(args.scratch, "predict", data)
     scratch.mkdir(parents=True, exist_ok=True)
     logs, results_file = scratch / "logs", scratch / "results.jsonl"
     tools = list(dict.fromkeys(args.tools))

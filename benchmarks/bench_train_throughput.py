@@ -192,14 +192,13 @@ def model_folders(scratch: Path, data_name: str, nn_dataset: str) -> dict[str, P
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = args.data.expanduser().resolve()
-    if not (data / "dataset.json").is_file():
-        print(f"error: {data}/dataset.json not found; pass --data DATASET_FOLDER", file=sys.stderr)
+    data = harness.dataset_folder(args.data)
+    if data is None:
         return 2
     if args.iterations < 2:
         print("error: --iterations must be at least 2", file=sys.stderr)
         return 2
-    scratch = (args.scratch or harness.DEFAULT_SCRATCH / f"train_throughput_{data.name}").expanduser().resolve()
+    scratch = harness.scratch_folder(args.scratch, "train_throughput", data)
     scratch.mkdir(parents=True, exist_ok=True)
     logs, results_file = scratch / "logs", scratch / "results.jsonl"
     tools = list(dict.fromkeys(args.tools))

@@ -623,3 +623,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def dataset_folder(path: Path) -> Path | None:
+    """The resolved ``--data`` folder, or None (after printing why) when it has no dataset.json."""
+    data = Path(path).expanduser().resolve()
+    if not (data / "dataset.json").is_file():
+        print(f"error: {data}/dataset.json not found; pass --data DATASET_FOLDER", file=sys.stderr)
+        return None
+    return data
+
+
+def scratch_folder(explicit: Path | None, benchmark: str, data: Path) -> Path:
+    """``--scratch`` if given, else ``DEFAULT_SCRATCH/<benchmark>_<dataset>``."""
+    return (explicit or DEFAULT_SCRATCH / f"{benchmark}_{data.name}").expanduser().resolve()

@@ -127,6 +127,7 @@ def predict(
     where probabilities are ``(K, Z, Y, X)`` float32 in the input's grid.
     """
     from autoseg.inference.export import segmentation_from_probabilities
+    from autoseg.inference.predictor import average_probabilities
 
     as_sitk = False
     if isinstance(images, (str, os.PathLike)):
@@ -152,15 +153,8 @@ def predict(
 
     predictors, post = _predictors(model_folder, dataset, configuration, folds, workspace, trainer, checkpoint,
                                    device, tta, overlap, precision)
-    probs = None
-    for p in predictors:
-        pr = p.predict_probabilities(image.astype(np.float32, copy=False), geometry)
-        if probs is None:
-            probs = pr
-        else:
-            probs += pr
-    if len(predictors) > 1:
-        probs /= len(predictors)
+    image = image.astype(np.float32, copy=False)
+    probs = average_probabilities(p.predict_probabilities(image, geometry) for p in predictors)
     label_values = predictors[0].label_values
     seg = segmentation_from_probabilities(probs, label_values)
     spec = post if postprocessing is True else (postprocessing or None)

@@ -43,6 +43,26 @@ _CHANNEL_FILE = re.compile(r"^(.*)_(\d{4})$")
 _EIGHT_BIT_ENDINGS = (".png", ".bmp", ".jpg", ".jpeg")
 
 
+def average_probabilities(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """Mean of same-shaped probability arrays, summed in place as they arrive.
+
+    Takes an iterable so an ensemble's members can be computed one at a time: only the running
+    sum and the current member exist at once.
+    """
+    total, n = None, 0
+    for a in arrays:
+        if total is None:
+            total = a
+        else:
+            total += a
+        n += 1
+    if total is None:
+        raise ValueError("nothing to average")
+    if n > 1:
+        total /= n
+    return total
+
+
 # ------------------------------------------------------------------ finding input cases
 
 @dataclass
@@ -397,15 +417,7 @@ def predict_folder(
         return geometry, prepared
 
     def finish(case: InputCase, geometry: Geometry, results: list[tuple[Predictor, torch.Tensor, dict]]) -> None:
-        probs = None
-        for p, pre_probs, props in results:
-            orig = p.export(pre_probs, props)
-            if probs is None:
-                probs = orig
-            else:
-                probs += orig
-        if len(results) > 1:
-            probs /= len(results)
+        probs = average_probabilities(p.export(pre_probs, props) for p, pre_probs, props in results)
         seg = segmentation_from_probabilities(probs, label_values)
         if postprocessing:
             from autoseg.postprocessing.connected_components import apply_postprocessing
