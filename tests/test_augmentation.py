@@ -171,3 +171,26 @@ def test_zero_rotation_equals_plain_crop(region):
     b = t.apply({"data": x.copy(), "seg": seg.copy()}, [{"angles": [0.0, 0.0, 0.0], "scale": None}])
     np.testing.assert_allclose(a["data"], b["data"], atol=1e-5)
     np.testing.assert_array_equal(a["seg"], b["seg"])
+
+
+def test_light_augmentation_never_resamples(sampler3d):
+    """light: labels are only ever mirrored (no interpolation), intensities only rescaled or noised."""
+    from autoseg.trainers.augmentation import MirrorTransform
+
+    light = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=SCALES_3D,
+                                   strength="light")
+    assert not any(isinstance(t, SpatialTransform) for t in light.transforms)
+    assert any(isinstance(t, MirrorTransform) for t in light.transforms)
+    for i in range(4):
+        rng = np.random.default_rng([0, i])
+        locations = sampler3d.sample_locations(rng)
+        b = make_batch(sampler3d, light, 0, i)
+        assert b["data"].shape == (4, 2, 8, 16, 16)
+        for loc, seg, p_mirror in zip(locations, b["target"][0], b["params"][-1]):
+            raw_seg = sampler3d.crop(loc, (8, 16, 16))[1]
+            flipped = raw_seg
+            for axis in p_mirror or ():
+                flipped = np.flip(flipped, axis + 1)
+            np.testing.assert_array_equal(seg, flipped)
+    with pytest.raises(ValueError, match="strength"):
+        build_train_transforms((8, 16, 16), 3, False, None, strength="heavy")

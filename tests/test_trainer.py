@@ -145,3 +145,21 @@ def test_sgd_optimizer_is_selectable(tmp_path):
                  "--no-validation"]) == 0
     log = read_json(DatasetWorkspace(tmp_path / "ws" / "Tiny").fold_dir("unet", "3d_fullres", 0) / "log.json")
     assert log["optimizer"] == "sgd" and log["initial_lr"] == 0.01
+
+
+def test_augmentation_auto_is_light_for_short_runs_only(tmp_path):
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=3)
+
+    def chosen(**kw) -> str:
+        return UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", **kw)).augmentation
+
+    assert chosen(time_budget_min=20) == "light"
+    assert chosen(time_budget_min=240) == "full"
+    assert chosen(epochs=10, iters_per_epoch=50) == "light"
+    assert chosen() == "full"  # 1000 epochs: a full-length run
+    assert chosen(time_budget_min=20, augmentation="full") == "full"
+    from autoseg.cli import UserError
+    with pytest.raises(UserError, match="augmentation"):
+        chosen(augmentation="heavy")

@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sgd: nnU-Net's SGD (Nesterov 0.99, lr 1e-2); adam: Adam lr 1e-3; both with polynomial "
                         "decay. auto: sgd on a GPU, adam on a CPU, where budgets are a few thousand iterations "
                         "and SGD has not left the all-background start yet (documentation/training.md)")
+    p.add_argument("--augmentation", choices=["auto", "full", "light"], default="auto",
+                   help="full: nnU-Net's set (rotation, scaling, noise, blur, intensity, low resolution, mirroring); "
+                        "light: mirroring and intensity only; auto (default): light for runs of at most 60 "
+                        "minutes or 20,000 iterations, full otherwise")
     p.add_argument("--num-workers", type=int, default=None, help="background augmentation threads (default 1 on CPU: measured fastest on 2 cores)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from checkpoint_latest.pt (optimizer, LR schedule, epoch, RNG)")
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget_min=args.time_budget, device=args.device, precision=args.precision,
         num_workers=args.num_workers, final_validation=not args.no_validation,
         continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed,
-        optimizer=args.optimizer)
+        optimizer=args.optimizer, augmentation=args.augmentation)
     trainer = trainer_cls(ws, args.configuration, args.fold, settings)
     try:
         summary = trainer.run()

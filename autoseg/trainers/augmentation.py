@@ -331,15 +331,34 @@ def _two_sided(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(max(lo, 1.0), hi)) if lo < 1 < hi else float(rng.uniform(lo, hi))
 
 
+AUGMENTATION_STRENGTHS = ("full", "light")
+
+
 def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: bool,
-                           deep_supervision_scales: Sequence[Sequence[float]] | None) -> Compose:
-    """nnU-Net's default augmentation (probabilities per sample), elastic deformation off.
+                           deep_supervision_scales: Sequence[Sequence[float]] | None,
+                           strength: str = "full") -> Compose:
+    """``full``: nnU-Net's default augmentation (probabilities per sample), elastic deformation off.
 
     2D and anisotropic 3D rotate in-plane by up to 180 degrees; isotropic 3D by up to 30
     degrees around each axis. Anisotropic data never resamples along its coarse z axis.
+
+    ``light``: mirroring and cheap intensity changes only, no resampling. Strong spatial
+    augmentation is a regulariser that pays off over hundreds of thousands of iterations;
+    a CPU budget of a few thousand is still under-fitting, and the spatial transform's
+    interpolation takes loader time from the network (documentation/training.md).
     """
     if len(patch_size) != dim:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, dim is {dim}")
+    if strength not in AUGMENTATION_STRENGTHS:
+        raise ValueError(f"augmentation strength '{strength}': choose one of {AUGMENTATION_STRENGTHS}")
+    if strength == "light":
+        return Compose([
+            GaussianNoise(),
+            BrightnessMultiplicative(),
+            Contrast(),
+            Gamma(p=0.3),
+            MirrorTransform(axes=tuple(range(dim))),
+        ], deep_supervision_scales=deep_supervision_scales)
     in_plane = dim == 2 or anisotropic
     spatial = SpatialTransform(patch_size, rotation=math.pi if in_plane else math.radians(30), scale=(0.7, 1.4),
                                rotation_axes=(0,) if in_plane else (0, 1, 2))
