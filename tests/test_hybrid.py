@@ -225,3 +225,23 @@ def test_train_hybrid_then_predict(aniso_workspace):
     assert main(["predict", "-i", str(raw / "imagesTr"), "-o", str(out), "-d", "raw", "-c", "3d_hybrid",
                  "--trainer", "hybrid", "-f", "0", "--no-tta", "--workspace", ws]) == 0
     assert len(list(out.glob("*.nii.gz"))) == 6
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 6), (1, 2, 2, 5, 4), (1, 1, 1, 3, 3)])
+def test_neighbourhood_pool_equals_torch_pools(shape):
+    """The separable shifted-window pooling is exactly torch's stride-1 pools with same padding,
+    the mean counting only voxels inside the volume; a patch thinner than n pools what it has."""
+    from autoseg.networks.hybrid_unet import neighbourhood_pool
+
+    torch.manual_seed(1)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    means, maxes = neighbourhood_pool(x, (1, 5, 3))
+    for n, mean, mx in zip((1, 5, 3), means, maxes):
+        k = min(n, shape[2] if shape[2] % 2 else shape[2] - 1)
+        ref_mean = torch.nn.functional.avg_pool3d(x, (k, 3, 3), 1, (k // 2, 1, 1), count_include_pad=False)
+        ref_max = torch.nn.functional.max_pool3d(x, (k, 3, 3), 1, (k // 2, 1, 1))
+        if k == n:  # torch cannot pool a window thicker than the patch; then compare with the plain z extent
+            torch.testing.assert_close(mean, ref_mean)
+            torch.testing.assert_close(mx, ref_max)
+    assert torch.autograd.gradcheck(lambda t: torch.stack(neighbourhood_pool(t, (1, 3))[0]).sum(0),
+                                    (x.detach()[:, :, :, :4, :4].clone().requires_grad_(),))

@@ -79,11 +79,72 @@ class ResidualBlock3d(nn.Module):
         return self.act(self.restore(self.conv(self.reduce(x))) + x)
 
 
+def _shift(x: torch.Tensor, axis: int, offset: int, fill: float) -> torch.Tensor:
+    """``x`` moved by ``offset`` along ``axis`` (out[i] = x[i + offset]), vacated positions = ``fill``."""
+    if offset == 0:
+        return x
+    n = x.shape[axis]
+    if abs(offset) >= n:
+        return x.new_full(x.shape, fill)
+    pad_shape = list(x.shape)
+    pad_shape[axis] = abs(offset)
+    pad = x.new_full(pad_shape, fill)
+    if offset > 0:
+        return torch.cat([x.narrow(axis, offset, n - offset), pad], dim=axis)
+    return torch.cat([pad, x.narrow(axis, 0, n + offset)], dim=axis)
+
+
+def _window3(x: torch.Tensor, axis: int, op: str) -> torch.Tensor:
+    """Sum or max over the 3-voxel window centred on each voxel along ``axis`` (outside = ignored)."""
+    if op == "max":
+        return torch.maximum(torch.maximum(_shift(x, axis, -1, float("-inf")), x), _shift(x, axis, 1, float("-inf")))
+    return _shift(x, axis, -1, 0.0) + x + _shift(x, axis, 1, 0.0)
+
+
+def _window_counts(n: int, half: int, like: torch.Tensor) -> torch.Tensor:
+    """How many positions of a ``2*half+1`` window centred on each of ``n`` positions lie inside."""
+    idx = torch.arange(n, device=like.device)
+    return (torch.clamp(idx + half, max=n - 1) - torch.clamp(idx - half, min=0) + 1).to(like.dtype)
+
+
+def neighbourhood_pool(x: torch.Tensor, thicknesses: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mean and max of ``x`` (N, C, Z, Y, X) over ``n x 3 x 3`` neighbourhoods, for each ``n``.
+
+    Equal to ``avg_pool3d(count_include_pad=False)`` and ``max_pool3d`` with stride 1 and same
+    padding, computed separably from shifted copies: the 3x3 in-plane window once, then
+    growing z windows from the previous one (a window of n+2 slices is the union of the n-slice
+    windows one slice either side). On a CPU torch's stride-1 3D pools, and above all their
+    backward passes, were the hybrid network's slowest part; shifts and elementwise max/add
+    vectorise and their gradients are cheap.
+    """
+    z, y, xx = x.shape[2:]
+    plane_max = _window3(_window3(x, 3, "max"), 4, "max")
+    plane_sum = _window3(_window3(x, 3, "sum"), 4, "sum")
+    plane_count = _window_counts(y, 1, x)[:, None] * _window_counts(xx, 1, x)[None, :]
+    means, maxes = [], []
+    cur_max, cur_sum, half = plane_max, plane_sum, 0
+    for n in sorted(set(thicknesses)):
+        while half < n // 2:
+            # union of the windows one slice either side; sums add the two and remove the overlap
+            grown_max = torch.maximum(_shift(cur_max, 2, -1, float("-inf")), _shift(cur_max, 2, 1, float("-inf")))
+            cur_max = torch.maximum(grown_max, cur_max)
+            cur_sum = cur_sum + _shift(plane_sum, 2, -(half + 1), 0.0) + _shift(plane_sum, 2, half + 1, 0.0)
+            half += 1
+        count = _window_counts(z, half, x)[:, None, None] * plane_count
+        means.append((n, cur_sum / count))
+        maxes.append((n, cur_max))
+    order = {n: i for i, n in enumerate(thicknesses)}
+    means.sort(key=lambda t: order[t[0]])
+    maxes.sort(key=lambda t: order[t[0]])
+    return [m for _, m in means], [m for _, m in maxes]
+
+
 class NeighbourhoodAggregation(nn.Module):
     """Mean and max over ``n x 3 x 3`` neighbourhoods (n = 1, 3, 5 slices), inverted bottleneck, residual.
 
     Output has the input's shape. Pooling is stride 1 with same padding (mean over the voxels
     inside the volume only), so a slice's output depends on up to ``max(n) // 2`` slices either side.
+    A patch with fewer slices than ``n`` pools over the slices it has.
     """
 
     def __init__(self, channels: int, thicknesses: Sequence[int] = NEIGHBOURHOOD_THICKNESSES,
@@ -91,22 +152,16 @@ class NeighbourhoodAggregation(nn.Module):
         super().__init__()
         if any(n < 1 or n % 2 == 0 for n in thicknesses):
             raise ValueError(f"neighbourhood thicknesses must be odd and >= 1, got {list(thicknesses)}")
+        if len(set(thicknesses)) != len(thicknesses):
+            raise ValueError(f"neighbourhood thicknesses must be distinct, got {list(thicknesses)}")
         self.thicknesses = tuple(int(n) for n in thicknesses)
         hidden = expansion * channels
         self.expand = ConvNormAct(3, 2 * len(self.thicknesses) * channels, hidden, (1, 1, 1))
         self.project = ConvNormAct(3, hidden, channels, (1, 1, 1), act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled_mean, pooled_max = [], []
-        for n in self.thicknesses:
-            # torch's pools need the volume at least as thick as the window: a thinner input
-            # (an image with fewer slices than n) pools over the odd number of slices it has
-            n = min(n, x.shape[2] if x.shape[2] % 2 else x.shape[2] - 1)
-            k, pad = (n, 3, 3), (n // 2, 1, 1)
-            pooled_mean.append(F.avg_pool3d(x, k, stride=1, padding=pad, count_include_pad=False))
-            pooled_max.append(F.max_pool3d(x, k, stride=1, padding=pad))
-        pooled = pooled_mean + pooled_max
-        return x + self.project(self.expand(torch.cat(pooled, dim=1)))
+        pooled_mean, pooled_max = neighbourhood_pool(x, self.thicknesses)
+        return x + self.project(self.expand(torch.cat(pooled_mean + pooled_max, dim=1)))
 
 
 class LargeKernelBlock(nn.Module):
