@@ -65,7 +65,7 @@ def test_train_unet_2p5d_then_predict(tmp_path):
     ws = str(tmp_path / "ws")
     assert main(["plan-and-preprocess", str(raw), "--workspace", ws, "-np", "1", "--profile", "cpu", "-c", "2d"]) == 0
     assert main(["train", "raw", "2d", "0", "--trainer", "unet_2p5d", "--epochs", "1", "--iters-per-epoch", "2",
-                 "--val-iters", "1", "--workspace", ws]) == 0
+                 "--val-iters", "1", "--workspace", ws, "--time-budget", "1"]) == 0  # the budget times a K-slice forward
     fold = tmp_path / "ws" / "raw" / "results" / "unet_2p5d__2d" / "fold_0"
     state = load_checkpoint(fold / "checkpoint_final.pt")
     assert state["architecture"] == "unet_2p5d"

@@ -282,6 +282,10 @@ class Trainer:
             return 1
         return max(1, min(12, n - 2))
 
+    def network_input_channels(self) -> int:
+        """Channels of one network input patch (2.5D stacks neighbouring slices as channels)."""
+        return len(self.plans.channel_names)
+
     def build_network(self) -> nn.Module:
         from autoseg.networks import build_network
 
@@ -611,7 +615,7 @@ class Trainer:
     def _measure_forward_time(self) -> float:
         """Seconds for one eval forward pass of one patch, as sliding-window prediction runs it."""
         self.network.eval()
-        shape = (1, len(self.plans.channel_names), *self.config.patch_size)
+        shape = (1, self.network_input_channels(), *self.config.patch_size)
         x = torch.randn(shape, device=self.device)
         times = []
         for _ in range(3):

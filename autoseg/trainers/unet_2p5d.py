@@ -22,6 +22,9 @@ class UNet2p5dTrainer(Trainer):
     def context_slices(self) -> int:
         return int(getattr(self.network, "context_slices", 1))
 
+    def network_input_channels(self) -> int:
+        return len(self.plans.channel_names) * self.context_slices
+
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms, build_val_transforms
         from autoseg.trainers.data_loader import ContextSlicePatchSampler
@@ -34,7 +37,8 @@ class UNet2p5dTrainer(Trainer):
                                            self.config.batch_size, self.context_slices,
                                            oversample_foreground=self.oversample_foreground, seed=seed)
         if train:
-            transforms = build_train_transforms(self.config.patch_size, 2, self.config.anisotropic, scales)
+            transforms = build_train_transforms(self.config.patch_size, 2, self.config.anisotropic, scales,
+                                                strength=self.augmentation)
         else:
             transforms = build_val_transforms(scales)
         batches = TrainingBatches(sampler, transforms, self.num_workers if train else 0)
