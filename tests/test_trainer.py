@@ -163,3 +163,21 @@ def test_augmentation_auto_is_light_for_short_runs_only(tmp_path):
     from autoseg.cli import UserError
     with pytest.raises(UserError, match="augmentation"):
         chosen(augmentation="heavy")
+
+
+def test_cpu_final_validation_mirrors_only_when_cheap_within_the_budget(tmp_path):
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+
+    def trainer(**kw) -> UNetTrainer:
+        t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", **kw))
+        t._forward_time_s = 0.5  # seconds per patch forward, as if measured
+        return t
+
+    # one validation case of 1 window: 8 flips cost 7 x 0.5 s extra = 3.5 s
+    assert trainer(time_budget_min=20)._tta() is True         # 3.5 s <= 5% of 1200 s
+    assert trainer(time_budget_min=1)._tta() is False         # 3.5 s > 5% of 60 s
+    assert trainer()._tta() is False                          # unbudgeted CPU run: never
+    budgeted = trainer(time_budget_min=20)
+    assert budgeted.estimate_final_validation_s() > trainer(time_budget_min=1).estimate_final_validation_s()
