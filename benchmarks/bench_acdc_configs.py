@@ -18,8 +18,9 @@ Rows (configuration, trainer):
   2.5d          2d, unet_2p5d (3 adjacent slices in, centre slice out)
   hybrid_no3d   3d_hybrid, hybrid_no3d (ablation: the hybrid without its 3D skip modules)
 
-Resumable: a fold that already has ``validation/summary.json`` is read, not retrained. Results
-go to SCRATCH/<tag>/table.json and table.md; a markdown table (mean over folds, per class) is
+Resumable: a row and fold already scored in SCRATCH/<tag>/table.json is not retrained (a failed
+one is). Results go to SCRATCH/<tag>/table.json and table.md, the models to
+SCRATCH/<tag>/workspace/; a markdown table (mean over folds, per class) is
 printed.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+
+from autoseg.atomic import write_json  # noqa: E402
 
 ROWS = {
     "2d": ("2d", "unet"),
@@ -101,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     for fold in args.folds:  # fold-major: a partial run still compares every row on the same folds
         for row in args.rows:
             config, trainer = ROWS[row]
-            fold_dir = out / "results" / row / f"fold_{fold}"
-            summary_file = fold_dir / "validation" / "summary.json"
             key = f"{row}/fold_{fold}"
-            if summary_file.is_file() and key in results:
+            if "mean_dice" in results.get(key, {}):
                 continue
             real_fold_dir = run_ws / "results" / f"{trainer}__{config}" / f"fold_{fold}"
             command = [sys.executable, "-m", "autoseg", "train", data.name, config, str(fold), "--trainer", trainer,
@@ -127,17 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                 epochs = training.get("epochs", [])
                 results[key] = {**fold_row(json.loads(real_summary.read_text())), "wall_s": wall,
                                 "iterations": epochs[-1]["iterations"] if epochs else 0,
-                                "augmentation": training.get("header", training).get("augmentation")}
-                fold_dir.mkdir(parents=True, exist_ok=True)
-                (fold_dir / "validation").mkdir(exist_ok=True)
-                summary_file.write_text(real_summary.read_text())
+                                "augmentation": training.get("augmentation")}
                 r = results[key]
                 print(f"[fold {fold}] {row}: mean Dice {r['mean_dice']:.4f}, HD95 {r['mean_hd95']:.2f} mm, "
                       f"{r['iterations']} iterations, {wall:.0f} s", file=sys.stderr, flush=True)
             results["_meta"] = {"command": shlex.join(sys.argv), "minutes": args.minutes, "machine": harness.machine_info()}
-            tmp = results_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(results_file)
+            write_json(results_file, results)
+    if args.dry_run:
+        return 0
     table = render_table(results, args.rows, args.folds, args.minutes)
     (out / "table.md").write_text(table + "\n")
     print(table)

@@ -40,6 +40,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, installed or not
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
 ROWS = [("U-Net", "unet", ""), ("ITN", "itn", "_itn"), ("Atlas-ISTN 1-pass", "onepass", ""),
         ("Atlas-ISTN refined", "refined", "")]
@@ -112,15 +114,14 @@ def markdown_table(table: dict[str, dict[str, Any]]) -> list[str]:
     def fmt(x: float | None, d: int = 3) -> str:
         return "-" if x is None else f"{x:.{d}f}"
 
-    lines = ["| method | condition | n | Dice | HD95 (mm) | ASSD (mm) | topologically plausible | empty class¹ |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r, _ in ROWS:
         for cond in CONDITIONS:
             t = table[f"{r}/{cond}"]
             plaus = "-" if t["plausible"] is None else f"{100 * t['plausible']:.1f}%"
-            lines.append(f"| {name} | {cond} | {t['n']} | {fmt(t['dice'])} | {fmt(t['hd95'], 2)} | "
-                         f"{fmt(t['assd'], 2)} | {plaus} | {t['n_empty']} |")
-    return lines
+            rows.append([name, cond, t["n"], fmt(t["dice"]), fmt(t["hd95"], 2), fmt(t["assd"], 2), plaus, t["n_empty"]])
+    header = ["method", "condition", "n", "Dice", "HD95 (mm)", "ASSD (mm)", "topologically plausible", "empty class¹"]
+    return harness.markdown_table(header, rows).split("\n")
 
 
 def stale_reason(files: list[Path], checkpoint: Path, atlas: tuple[Path, int, list[str]] | None) -> str | None:

@@ -39,7 +39,6 @@ import copy
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoseg.networks.layers import ConvNormAct, conv, init_weights, norm
@@ -121,22 +120,18 @@ def neighbourhood_pool(x: torch.Tensor, thicknesses: Sequence[int]) -> tuple[lis
     plane_max = _window3(_window3(x, 3, "max"), 4, "max")
     plane_sum = _window3(_window3(x, 3, "sum"), 4, "sum")
     plane_count = _window_counts(y, 1, x)[:, None] * _window_counts(xx, 1, x)[None, :]
-    means, maxes = [], []
+    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     cur_max, cur_sum, half = plane_max, plane_sum, 0
     for n in sorted(set(thicknesses)):
         while half < n // 2:
-            # union of the windows one slice either side; sums add the two and remove the overlap
+            # union of the windows one slice either side; sums add the two new edge slices
             grown_max = torch.maximum(_shift(cur_max, 2, -1, float("-inf")), _shift(cur_max, 2, 1, float("-inf")))
             cur_max = torch.maximum(grown_max, cur_max)
             cur_sum = cur_sum + _shift(plane_sum, 2, -(half + 1), 0.0) + _shift(plane_sum, 2, half + 1, 0.0)
             half += 1
         count = _window_counts(z, half, x)[:, None, None] * plane_count
-        means.append((n, cur_sum / count))
-        maxes.append((n, cur_max))
-    order = {n: i for i, n in enumerate(thicknesses)}
-    means.sort(key=lambda t: order[t[0]])
-    maxes.sort(key=lambda t: order[t[0]])
-    return [m for _, m in means], [m for _, m in maxes]
+        pooled[n] = (cur_sum / count, cur_max)
+    return [pooled[n][0] for n in thicknesses], [pooled[n][1] for n in thicknesses]
 
 
 class NeighbourhoodAggregation(nn.Module):

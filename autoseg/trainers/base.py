@@ -339,14 +339,19 @@ class Trainer:
     def build_loss(self, n_outputs: int) -> nn.Module:
         return DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(n_outputs))
 
+    def build_sampler(self, case_ids: list[str], seed: int) -> Any:
+        """Where patches come from (subclasses change what a sample is, e.g. 2.5D slice stacks)."""
+        from autoseg.trainers.data_loader import PatchSampler
+
+        return PatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size, self.config.dim,
+                            self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed)
+
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         """Endless batches ``{"data": (B, C, *patch), "target": [full-res first]}``."""
         from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms, build_val_transforms
-        from autoseg.trainers.data_loader import PatchSampler
 
         scales = self.deep_supervision_scales()
-        sampler = PatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size, self.config.dim,
-                               self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed)
+        sampler = self.build_sampler(case_ids, seed)
         if train:
             transforms = build_train_transforms(self.config.patch_size, self.config.dim, self.config.anisotropic, scales,
                                                 strength=self.augmentation)

@@ -7,7 +7,7 @@ checkpoint needs nothing beyond its architecture name to predict.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from autoseg.cli import UserError
 from autoseg.trainers.base import Trainer
@@ -25,25 +25,15 @@ class UNet2p5dTrainer(Trainer):
     def network_input_channels(self) -> int:
         return len(self.plans.channel_names) * self.context_slices
 
-    def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
-        from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms, build_val_transforms
+    def build_sampler(self, case_ids: list[str], seed: int) -> Any:
         from autoseg.trainers.data_loader import ContextSlicePatchSampler
 
         if self.config.dim != 2:
             raise UserError(f"trainer '{self.results_name()}' needs a 2D configuration ('2d'), "
                             f"'{self.configuration}' is {self.config.dim}D")
-        scales = self.deep_supervision_scales()
-        sampler = ContextSlicePatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size,
-                                           self.config.batch_size, self.context_slices,
-                                           oversample_foreground=self.oversample_foreground, seed=seed)
-        if train:
-            transforms = build_train_transforms(self.config.patch_size, 2, self.config.anisotropic, scales,
-                                                strength=self.augmentation)
-        else:
-            transforms = build_val_transforms(scales)
-        batches = TrainingBatches(sampler, transforms, self.num_workers if train else 0)
-        self._closables.append(batches)
-        return iter(batches)
+        return ContextSlicePatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size,
+                                        self.config.batch_size, self.context_slices,
+                                        oversample_foreground=self.oversample_foreground, seed=seed)
 
 
 @register_trainer("unet_2p5d_k5")

@@ -1,0 +1,67 @@
+"""Where one CPU training step of a planned U-Net spends its time (torch.profiler).
+
+    python benchmarks/profile_train_step.py [--plans documentation/examples/plans_Task04_Hippocampus.json]
+        [--configuration 3d_fullres] [--architecture unet] [--threads 2] [--rows 12]
+
+The step is what the trainer runs on a CPU: the planned network in channels-last, bf16
+autocast, deep-supervision Dice + CE in fp32, backward, Adam step, on random data at the planned
+patch and batch size. Two warm-up steps, then one profiled step; prints the operators by
+self CPU time, and the share of ``aten::copy_`` (dtype and memory-layout conversions).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from autoseg.networks import build_network, deep_supervision_scales
+from autoseg.planners.plans import Plans
+from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_Task04_Hippocampus.json")
+    ap.add_argument("--configuration", default="3d_fullres")
+    ap.add_argument("--architecture", default="unet", help="a key of autoseg.networks.ARCHITECTURES (e.g. hybrid)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plans = Plans.load(args.plans)
+    config = plans.configuration(args.configuration)
+    fmt = torch.channels_last_3d if config.dim == 3 else torch.channels_last
+    net = build_network(plans, config, architecture=args.architecture).to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(memory_format=fmt)
+    scales = deep_supervision_scales(config.network)
+    targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
+                                                    *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))
+               for sc in scales]
+    loss_fn = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(len(scales)))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        loss = loss_fn([o.float() for o in out], targets[:len(out)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    total = sum(e.self_cpu_time_total for e in averages)
+    copies = sum(e.self_cpu_time_total for e in averages if e.key == "aten::copy_")
+    print(f"aten::copy_: {100 * copies / total:.0f}% of the step's self CPU time")
+
+
+if __name__ == "__main__":
+    main()
