@@ -38,9 +38,9 @@ def torch_pools(x: torch.Tensor, thicknesses) -> tuple[list[torch.Tensor], list[
 
 def step_time(skip: bool, steps: int) -> float:
     torch.manual_seed(0)
-    net = hybrid.HybridUNet(1, 4, TOPOLOGY, skip_modules=skip).to(memory_format=torch.channels_last_3d)
+    net = hybrid.HybridUNet(1, 4, TOPOLOGY, skip_modules=skip)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(4, 1, 10, 96, 96).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(4, 1, 10, 96, 96)
     times = []
     for _ in range(steps):
         t = time.perf_counter()

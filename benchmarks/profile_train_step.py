@@ -3,7 +3,7 @@
     python benchmarks/profile_train_step.py [--plans documentation/examples/plans_Task04_Hippocampus.json]
         [--configuration 3d_fullres] [--architecture unet] [--threads 2] [--rows 12]
 
-The step is what the trainer runs on a CPU: the planned network in channels-last, bf16
+The step is what the trainer runs on a CPU: the planned network (contiguous memory), bf16
 autocast, deep-supervision Dice + CE in fp32, backward, Adam step, on random data at the planned
 patch and batch size. Two warm-up steps, then one profiled step; prints the operators by
 self CPU time, and the share of ``aten::copy_`` (dtype and memory-layout conversions).
@@ -34,10 +34,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     plans = Plans.load(args.plans)
     config = plans.configuration(args.configuration)
-    fmt = torch.channels_last_3d if config.dim == 3 else torch.channels_last
-    net = build_network(plans, config, architecture=args.architecture).to(memory_format=fmt)
+    net = build_network(plans, config, architecture=args.architecture)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(memory_format=fmt)
+    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size)
     scales = deep_supervision_scales(config.network)
     targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
                                                     *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))

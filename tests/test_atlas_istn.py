@@ -11,8 +11,8 @@ from autoseg.evaluation.corruption import corrupt
 from autoseg.evaluation.topology import component_counts, topology_plausible
 from autoseg.inference.atlas_refinement import refine_stn, refinement_loss
 from autoseg.networks.stn import SpatialTransformer
-from autoseg.trainers.atlas_istn import (atlas_grid_from_labels, atlas_update, crop_to_box, foreground_center, grid_box,
-                                         sigmoid_rampup, uncrop_from_box)
+from autoseg.trainers.atlas_istn import (atlas_grid_from_labels, atlas_train_transforms, atlas_update, crop_to_box,
+                                         foreground_center, grid_box, sigmoid_rampup, uncrop_from_box)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import make_workspace  # noqa: E402
@@ -41,6 +41,18 @@ def test_grid_helpers():
     assert back[0, 10:].min() == 1  # background outside the box
     box2 = grid_box((0, 10, 10), [8, 8], (1, 20, 20))  # 2D grid: z is the whole single slice
     assert box2 == [(0, 1), (6, 14), (6, 14)]
+
+
+def test_atlas_augmentation_follows_the_setting_and_never_mirrors():
+    from autoseg.trainers.augmentation import MirrorTransform, SpatialTransform
+
+    light = atlas_train_transforms([8, 12, 8], 3, False, None, "light")
+    full = atlas_train_transforms([8, 12, 8], 3, False, None, "full")
+    kinds = lambda c: {type(t) for t in c.transforms}  # noqa: E731
+    assert SpatialTransform not in kinds(light) and SpatialTransform in kinds(full)
+    assert MirrorTransform not in kinds(light) | kinds(full)
+    with pytest.raises(ValueError, match="strong"):
+        atlas_train_transforms([8, 12, 8], 3, False, None, "strong")
 
 
 def test_atlas_update_and_rampup():

@@ -10,6 +10,7 @@ import torch
 
 from autoseg.networks import ARCHITECTURES, deep_supervision_scales
 from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d, NeighbourhoodAggregation, ResidualBlock3d
+from autoseg.networks.layers import InstanceNorm
 from autoseg.planners.plans import NetworkTopology
 
 TOPO = NetworkTopology([8, 16, 32], [[1, 3, 3]] * 3, [[1, 1, 1], [1, 2, 2], [1, 2, 2]])
@@ -50,7 +51,7 @@ def _without_norms(net: torch.nn.Module) -> torch.nn.Module:
     local, exchange between slices); without it, what remains is the convolutions' reach."""
     for name, m in list(net.named_modules()):
         for child_name, child in list(m.named_children()):
-            if isinstance(child, torch.nn.InstanceNorm3d):
+            if isinstance(child, InstanceNorm):
                 setattr(m, child_name, torch.nn.Identity())
     return net
 

@@ -50,6 +50,20 @@ def test_gradients_reach_every_parameter(cls):
     assert all(p.grad.abs().sum() > 0 for n, p in net.named_parameters() if "heads" not in n)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_instance_norm_is_torch_instance_norm(dim):
+    from autoseg.networks.layers import InstanceNorm
+
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm(5), {2: torch.nn.InstanceNorm2d, 3: torch.nn.InstanceNorm3d}[dim](5, affine=True)
+    with torch.no_grad():
+        ref.weight.uniform_()
+        ref.bias.uniform_()
+    ours.load_state_dict(ref.state_dict())  # same parameter names: older checkpoints still load
+    x = 3 * torch.randn(2, 5, *([6, 7, 8][:dim])) + 1
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
 @pytest.mark.parametrize("cls", [UNet, ResEncUNet])
 def test_bf16_autocast_and_channels_last(cls):
     net = cls(1, 3, TOPO_3D, 3).to(memory_format=torch.channels_last_3d)

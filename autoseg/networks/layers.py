@@ -11,7 +11,6 @@ from torch import nn
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
@@ -30,9 +29,22 @@ def conv_transpose(dim: int) -> type[nn.Module]:
     return _CONV_T[dim]
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm (affine), computed as group norm with one channel per group.
+
+    The same function as ``nn.InstanceNorm2d/3d(affine=True)`` and the same parameters
+    (``weight``, ``bias``), but PyTorch's CPU group-norm kernel works on the tensor as it is,
+    where instance norm reshapes it into a batch norm and copies: a 3D U-Net training step
+    measured 6-8% faster on 2 CPU cores (documentation/networks.md).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_channels, num_channels, eps=eps, affine=affine)
+
+
 def norm(dim: int) -> type[nn.Module]:
     _check(dim)
-    return _NORM[dim]
+    return InstanceNorm
 
 
 def dropout(dim: int) -> type[nn.Module]:

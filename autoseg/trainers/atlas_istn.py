@@ -128,6 +128,35 @@ def atlas_losses(reg, y: torch.Tensor, atlas_fg: torch.Tensor) -> tuple[torch.Te
 # ------------------------------------------------------------------ patches on the grid
 
 
+def atlas_train_transforms(grid: Sequence[int], dim: int, anisotropic: bool,
+                           deep_supervision_scales: Sequence[Sequence[float]] | None, strength: str):
+    """The U-Net's augmentation (``full`` or ``light``) without mirroring, with milder spatial changes.
+
+    No mirroring: left/right structures would swap, which no affine can undo. ``full`` rotates
+    and scales less than the U-Net's (the STN learns the residual pose); ``light`` has only the
+    intensity changes, like the U-Net's light set, so at a short budget both train on the same
+    kind of samples (documentation/atlas_istn.md).
+    """
+    from autoseg.trainers.augmentation import (AUGMENTATION_STRENGTHS, BrightnessMultiplicative, Compose, Contrast,
+                                               Gamma, GaussianBlur, GaussianNoise, SimulateLowResolution,
+                                               SpatialTransform)
+
+    if strength not in AUGMENTATION_STRENGTHS:
+        raise ValueError(f"augmentation strength '{strength}': choose one of {AUGMENTATION_STRENGTHS}")
+    if strength == "light":
+        transforms = [GaussianNoise(), BrightnessMultiplicative(), Contrast(), Gamma(p=0.3)]
+    else:
+        in_plane = dim == 2 or anisotropic
+        transforms = [
+            SpatialTransform(grid, rotation=math.radians(15), scale=(0.85, 1.15),
+                             rotation_axes=(0,) if in_plane else (0, 1, 2)),
+            GaussianNoise(), GaussianBlur(), BrightnessMultiplicative(), Contrast(),
+            SimulateLowResolution(ignore_axes=(0,) if anisotropic and dim == 3 else ()),
+            Gamma(invert=True, p=0.1), Gamma(p=0.3),
+        ]
+    return Compose(transforms, deep_supervision_scales=deep_supervision_scales)
+
+
 class AtlasGridSampler(PatchSampler):
     """Every sample is the atlas-grid box around the case's foreground centre (± ``jitter``)."""
 
@@ -210,27 +239,20 @@ class AtlasISTNTrainer(Trainer):
         self._acc_labels = torch.zeros_like(self.atlas_labels)
         self._acc_count = 0
 
+    def build_sampler(self, case_ids: list[str], seed: int) -> Any:
+        # every sample is the atlas grid around the case's foreground centre (jittered), so the
+        # ITN and the STN see the structure where the atlas has it
+        return AtlasGridSampler(self.preprocessed_dir, case_ids, self.atlas_grid, self.config.dim,
+                                self.config.batch_size, oversample_foreground=1.0, seed=seed, jitter=self.grid_jitter)
+
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         if not train:
             return super().build_batches(case_ids, train, seed)
-        from autoseg.trainers.augmentation import (BrightnessMultiplicative, Compose, Contrast, Gamma, GaussianBlur,
-                                                   GaussianNoise, SimulateLowResolution, SpatialTransform,
-                                                   TrainingBatches)
+        from autoseg.trainers.augmentation import TrainingBatches
 
-        dim = self.config.dim
-        sampler = AtlasGridSampler(self.preprocessed_dir, case_ids, self.atlas_grid, dim, self.config.batch_size,
-                                   oversample_foreground=1.0, seed=seed, jitter=self.grid_jitter)
-        in_plane = dim == 2 or self.config.anisotropic
-        # No mirroring (left/right structures would swap, which no affine can undo) and milder
-        # rotation/scaling than the U-Net's: the STN learns the residual pose.
-        transforms = Compose([
-            SpatialTransform(self.atlas_grid, rotation=math.radians(15), scale=(0.85, 1.15),
-                             rotation_axes=(0,) if in_plane else (0, 1, 2)),
-            GaussianNoise(), GaussianBlur(), BrightnessMultiplicative(), Contrast(),
-            SimulateLowResolution(ignore_axes=(0,) if self.config.anisotropic and dim == 3 else ()),
-            Gamma(invert=True, p=0.1), Gamma(p=0.3),
-        ], deep_supervision_scales=self.deep_supervision_scales())
-        batches = TrainingBatches(sampler, transforms, self.num_workers)
+        transforms = atlas_train_transforms(self.atlas_grid, self.config.dim, self.config.anisotropic,
+                                            self.deep_supervision_scales(), self.augmentation)
+        batches = TrainingBatches(self.build_sampler(case_ids, seed), transforms, self.num_workers)
         self._closables.append(batches)
         return iter(batches)
 

@@ -1,0 +1,107 @@
+"""CPU training-step time for the norm implementation and memory layout (documentation/networks.md).
+
+    python benchmarks/bench_norm_layout.py [--plans documentation/examples/plans_ACDC.json]
+        [--configuration 2d] [--architecture unet] [--steps 8]
+
+Variants of one planned network, stepped in turn (A, B, C, A, B, C, ...) so that load from
+other jobs on a shared machine falls on all of them alike:
+
+* ``instance norm, channels-last``: ``nn.InstanceNorm2d/3d`` in channels-last (the old CPU default);
+* ``instance norm, contiguous``;
+* ``group-norm form, contiguous``: autoseg's ``InstanceNorm`` (the current default).
+
+Each step is forward under bf16 autocast, deep-supervision Dice + CE on ``output.float()``,
+backward and an Adam step on random data at the planned patch and batch size. Prints the
+median and minimum seconds per step.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from autoseg.networks import build_network, deep_supervision_scales
+from autoseg.networks.layers import InstanceNorm
+from autoseg.planners.plans import Plans
+from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
+    """Swap every autoseg ``InstanceNorm`` for torch's own, parameters copied."""
+    cls = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dim]
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, InstanceNorm):
+                ref = cls(child.num_channels, eps=child.eps, affine=True)
+                ref.load_state_dict(child.state_dict())
+                setattr(module, name, ref)
+    return net
+
+
+def make_step(plans: Plans, config, architecture: str, torch_norm: bool, channels_last: bool) -> Callable[[], None]:
+    torch.manual_seed(0)
+    norm_dim = 3 if config.dim == 3 else 2
+    net = build_network(plans, config, architecture=architecture)
+    if torch_norm:
+        net = with_torch_instance_norm(net, norm_dim)
+    fmt = ({2: torch.channels_last, 3: torch.channels_last_3d}[config.dim] if channels_last
+           else torch.contiguous_format)
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(memory_format=fmt)
+    scales = deep_supervision_scales(config.network)
+    targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
+                                                    *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))
+               for sc in scales]
+    loss_fn = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(len(scales)))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        loss = loss_fn([o.float() for o in out], targets[:len(out)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_Task04_Hippocampus.json")
+    ap.add_argument("--configuration", default="3d_fullres")
+    ap.add_argument("--architecture", default="unet", help="a key of autoseg.networks.ARCHITECTURES (e.g. hybrid)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plans = Plans.load(args.plans)
+    config = plans.configuration(args.configuration)
+    variants = {
+        "instance norm, channels-last": make_step(plans, config, args.architecture, True, True),
+        "instance norm, contiguous": make_step(plans, config, args.architecture, True, False),
+        "group-norm form, contiguous": make_step(plans, config, args.architecture, False, False),
+    }
+    for step in variants.values():  # warm-up
+        step()
+        step()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.steps):
+        for name, step in variants.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    print(f"{args.plans.name} {args.configuration} {args.architecture}, {args.threads} threads, {args.steps} steps each")
+    for name, ts in times.items():
+        print(f"  {name:30s} median {statistics.median(ts):.3f} s  min {min(ts):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
