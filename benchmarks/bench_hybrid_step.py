@@ -3,7 +3,7 @@
     python benchmarks/bench_hybrid_step.py [--steps 6] [--threads 2]
 
 One training step = forward + backward + Adam step at patch 10x96x96, batch 4, features
-16-128 over 5 stages (in-plane strides), bf16 autocast, channels-last, as the trainer runs it
+16-128 over 5 stages (in-plane strides), bf16 autocast, contiguous memory, as the trainer runs it
 on a CPU; the median of ``--steps - 1`` steps after one warm-up. Rows:
 
 * ``hybrid``: the network as shipped (separable neighbourhood pooling);
