@@ -149,6 +149,11 @@ class Registration:
         return _grid_to_field_layout(self.grid_a2s - ident)
 
 
+def _full_precision(like: torch.Tensor):
+    """A context that switches any autocast off on ``like``'s device."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 def _block(dim: int, cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(conv(dim)(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
 
@@ -195,16 +200,19 @@ class SpatialTransformer(nn.Module):
         return "trilinear" if self.dim == 3 else "bilinear"
 
     def forward(self, target: torch.Tensor, atlas: torch.Tensor) -> Registration:
+        """Under a caller's autocast only the convolutions run in low precision: the geometry
+        (affine head, sampling grids, integration) is always fp32, because a bf16 grid is off by
+        up to half a voxel at 128 voxels."""
         n = target.shape[0]
+        target, atlas = target.float(), atlas.float()
         if atlas.shape[0] != n:
             atlas = atlas.expand(n, *atlas.shape[1:])
         shape = target.shape[2:]
-        x = torch.cat([target, atlas], 1)
-        h = self.affine_encoder(x)
-        h = h.flatten(2).mean(2)
-        theta = affine_matrix(self.affine_head(h), self.dim)
-        ident = identity_grid(shape, target.device, target.dtype, n)
-        atlas_affine = warp(atlas, apply_affine_to_grid(theta, ident))
+        h = self.affine_encoder(torch.cat([target, atlas], 1)).flatten(2).mean(2)
+        with _full_precision(target):
+            theta = affine_matrix(self.affine_head(h.float()), self.dim)
+            ident = identity_grid(shape, target.device, target.dtype, n)
+            atlas_affine = warp(atlas, apply_affine_to_grid(theta, ident))
         x = torch.cat([target, atlas_affine], 1)
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
@@ -212,7 +220,8 @@ class SpatialTransformer(nn.Module):
         d1 = self.dec1(torch.cat([F.interpolate(e2, size=e1.shape[2:], mode=self._mode(), align_corners=False), e1], 1))
         d0 = self.dec0(torch.cat([F.interpolate(d1, size=e0.shape[2:], mode=self._mode(), align_corners=False), e0], 1))
         velocity = self.velocity_head(d0)
-        return self.transforms(theta, velocity)
+        with _full_precision(target):
+            return self.transforms(theta, velocity.float())
 
     def transforms(self, theta: torch.Tensor, velocity: torch.Tensor) -> Registration:
         """Both sampling grids from an affine and a velocity field."""

@@ -279,7 +279,8 @@ class AtlasISTNTrainer(Trainer):
         # detached: the STN losses must not reach the ITN
         probs = torch.softmax(logits.detach().float(), 1)
         atlas_fg = self.atlas_labels[None, 1:]
-        reg = self.stn(probs[:, 1:], atlas_fg)  # fp32: grid sampling in bf16 is too coarse
+        with self._autocast():  # the STN's convolutions only; its geometry stays fp32
+            reg = self.stn(probs[:, 1:], atlas_fg)
         labels = one_hot(target[0], self.plans.num_classes)
         la2s, ls2a = atlas_losses(reg, labels[:, 1:], atlas_fg)
         from autoseg.networks.stn import smoothness_loss
