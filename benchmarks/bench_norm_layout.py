@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,12 +26,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from autoseg.networks import build_network, deep_supervision_scales
+from autoseg.networks import build_network
 from autoseg.networks.layers import InstanceNorm
 from autoseg.planners.plans import Plans
-from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_train_step import add_plan_arguments, synthetic_train_step  # noqa: E402
 
 
 def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
@@ -47,38 +48,17 @@ def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
 
 def make_step(plans: Plans, config, architecture: str, torch_norm: bool, channels_last: bool) -> Callable[[], None]:
     torch.manual_seed(0)
-    norm_dim = 3 if config.dim == 3 else 2
     net = build_network(plans, config, architecture=architecture)
     if torch_norm:
-        net = with_torch_instance_norm(net, norm_dim)
+        net = with_torch_instance_norm(net, config.dim)
     fmt = ({2: torch.channels_last, 3: torch.channels_last_3d}[config.dim] if channels_last
            else torch.contiguous_format)
-    net = net.to(memory_format=fmt)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(memory_format=fmt)
-    scales = deep_supervision_scales(config.network)
-    targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
-                                                    *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))
-               for sc in scales]
-    loss_fn = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(len(scales)))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = net(x)
-        loss = loss_fn([o.float() for o in out], targets[:len(out)])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    return synthetic_train_step(plans, config, net, fmt)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_Task04_Hippocampus.json")
-    ap.add_argument("--configuration", default="3d_fullres")
-    ap.add_argument("--architecture", default="unet", help="a key of autoseg.networks.ARCHITECTURES (e.g. hybrid)")
-    ap.add_argument("--threads", type=int, default=2)
+    add_plan_arguments(ap)
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -23,20 +24,14 @@ from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_superv
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_Task04_Hippocampus.json")
-    ap.add_argument("--configuration", default="3d_fullres")
-    ap.add_argument("--architecture", default="unet", help="a key of autoseg.networks.ARCHITECTURES (e.g. hybrid)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", type=int, default=12)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plans = Plans.load(args.plans)
-    config = plans.configuration(args.configuration)
-    net = build_network(plans, config, architecture=args.architecture)
+def synthetic_train_step(plans: Plans, config, net: torch.nn.Module,
+                         memory_format: torch.memory_format = torch.contiguous_format) -> Callable[[], None]:
+    """One CPU training step of ``net`` as the trainer runs it, on random data at the planned
+    patch and batch size: bf16 autocast forward, deep-supervision Dice + CE in fp32, backward, Adam."""
+    net = net.to(memory_format=memory_format)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size)
+    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(
+        memory_format=memory_format)
     scales = deep_supervision_scales(config.network)
     targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
                                                     *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))
@@ -50,6 +45,27 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    return step
+
+
+def add_plan_arguments(ap: argparse.ArgumentParser) -> None:
+    """--plans, --configuration, --architecture, --threads: which planned network, on how many threads."""
+    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_Task04_Hippocampus.json")
+    ap.add_argument("--configuration", default="3d_fullres")
+    ap.add_argument("--architecture", default="unet", help="a key of autoseg.networks.ARCHITECTURES (e.g. hybrid)")
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plan_arguments(ap)
+    ap.add_argument("--rows", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    plans = Plans.load(args.plans)
+    config = plans.configuration(args.configuration)
+    step = synthetic_train_step(plans, config, build_network(plans, config, architecture=args.architecture))
 
     for _ in range(2):
         step()

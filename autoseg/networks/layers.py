@@ -34,8 +34,8 @@ class InstanceNorm(nn.GroupNorm):
 
     The same function as ``nn.InstanceNorm2d/3d(affine=True)`` and the same parameters
     (``weight``, ``bias``), but PyTorch's CPU group-norm kernel works on the tensor as it is,
-    where instance norm reshapes it into a batch norm and copies: a 3D U-Net training step
-    measured 6-8% faster on 2 CPU cores (documentation/networks.md).
+    where instance norm reshapes it into a batch norm and copies: training steps measured 1-5%
+    faster on 2 CPU cores (documentation/networks.md).
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:

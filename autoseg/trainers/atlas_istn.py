@@ -130,31 +130,13 @@ def atlas_losses(reg, y: torch.Tensor, atlas_fg: torch.Tensor) -> tuple[torch.Te
 
 def atlas_train_transforms(grid: Sequence[int], dim: int, anisotropic: bool,
                            deep_supervision_scales: Sequence[Sequence[float]] | None, strength: str):
-    """The U-Net's augmentation (``full`` or ``light``) without mirroring, with milder spatial changes.
+    """The U-Net's augmentation (``full`` or ``light``) without mirroring; ``full`` rotates (15°)
+    and scales (0.85-1.15) less than the U-Net's, since the STN learns the residual pose
+    (documentation/atlas_istn.md)."""
+    from autoseg.trainers.augmentation import build_train_transforms
 
-    No mirroring: left/right structures would swap, which no affine can undo. ``full`` rotates
-    and scales less than the U-Net's (the STN learns the residual pose); ``light`` has only the
-    intensity changes, like the U-Net's light set, so at a short budget both train on the same
-    kind of samples (documentation/atlas_istn.md).
-    """
-    from autoseg.trainers.augmentation import (AUGMENTATION_STRENGTHS, BrightnessMultiplicative, Compose, Contrast,
-                                               Gamma, GaussianBlur, GaussianNoise, SimulateLowResolution,
-                                               SpatialTransform)
-
-    if strength not in AUGMENTATION_STRENGTHS:
-        raise ValueError(f"augmentation strength '{strength}': choose one of {AUGMENTATION_STRENGTHS}")
-    if strength == "light":
-        transforms = [GaussianNoise(), BrightnessMultiplicative(), Contrast(), Gamma(p=0.3)]
-    else:
-        in_plane = dim == 2 or anisotropic
-        transforms = [
-            SpatialTransform(grid, rotation=math.radians(15), scale=(0.85, 1.15),
-                             rotation_axes=(0,) if in_plane else (0, 1, 2)),
-            GaussianNoise(), GaussianBlur(), BrightnessMultiplicative(), Contrast(),
-            SimulateLowResolution(ignore_axes=(0,) if anisotropic and dim == 3 else ()),
-            Gamma(invert=True, p=0.1), Gamma(p=0.3),
-        ]
-    return Compose(transforms, deep_supervision_scales=deep_supervision_scales)
+    return build_train_transforms(grid, dim, anisotropic, deep_supervision_scales, strength=strength, mirror=False,
+                                  max_rotation=math.radians(15), scale=(0.85, 1.15))
 
 
 class AtlasGridSampler(PatchSampler):

@@ -336,31 +336,39 @@ AUGMENTATION_STRENGTHS = ("full", "light")
 
 def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: bool,
                            deep_supervision_scales: Sequence[Sequence[float]] | None,
-                           strength: str = "full") -> Compose:
+                           strength: str = "full", mirror: bool = True, max_rotation: float | None = None,
+                           scale: tuple[float, float] = (0.7, 1.4)) -> Compose:
     """``full``: nnU-Net's default augmentation (probabilities per sample), elastic deformation off.
 
     2D and anisotropic 3D rotate in-plane by up to 180 degrees; isotropic 3D by up to 30
-    degrees around each axis. Anisotropic data never resamples along its coarse z axis.
+    degrees around each axis (``max_rotation``, radians, overrides both). Anisotropic data never
+    resamples along its coarse z axis.
 
     ``light``: mirroring and cheap intensity changes only, no resampling. Strong spatial
     augmentation is a regulariser that pays off over hundreds of thousands of iterations;
     a CPU budget of a few thousand is still under-fitting, and the spatial transform's
     interpolation takes loader time from the network (documentation/training.md).
+
+    ``mirror=False`` drops the mirroring from either (Atlas-ISTN: a mirrored case would swap
+    the atlas's left and right, which no affine undoes).
     """
     if len(patch_size) != dim:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, dim is {dim}")
     if strength not in AUGMENTATION_STRENGTHS:
         raise ValueError(f"augmentation strength '{strength}': choose one of {AUGMENTATION_STRENGTHS}")
+    mirroring: list[Transform] = [MirrorTransform(axes=tuple(range(dim)))] if mirror else []
     if strength == "light":
         return Compose([
             GaussianNoise(),
             BrightnessMultiplicative(),
             Contrast(),
             Gamma(p=0.3),
-            MirrorTransform(axes=tuple(range(dim))),
+            *mirroring,
         ], deep_supervision_scales=deep_supervision_scales)
     in_plane = dim == 2 or anisotropic
-    spatial = SpatialTransform(patch_size, rotation=math.pi if in_plane else math.radians(30), scale=(0.7, 1.4),
+    if max_rotation is None:
+        max_rotation = math.pi if in_plane else math.radians(30)
+    spatial = SpatialTransform(patch_size, rotation=max_rotation, scale=scale,
                                rotation_axes=(0,) if in_plane else (0, 1, 2))
     transforms: list[Transform] = [
         spatial,
@@ -371,7 +379,7 @@ def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: boo
         SimulateLowResolution(ignore_axes=(0,) if anisotropic and dim == 3 else ()),
         Gamma(invert=True, p=0.1),
         Gamma(p=0.3),
-        MirrorTransform(axes=tuple(range(dim))),
+        *mirroring,
     ]
     return Compose(transforms, deep_supervision_scales=deep_supervision_scales)
 
