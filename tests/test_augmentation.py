@@ -194,3 +194,15 @@ def test_light_augmentation_never_resamples(sampler3d):
             np.testing.assert_array_equal(seg, flipped)
     with pytest.raises(ValueError, match="strength"):
         build_train_transforms((8, 16, 16), 3, False, None, strength="heavy")
+
+
+def test_mirror_axes_limit_the_mirroring():
+    from autoseg.trainers.augmentation import MirrorTransform
+
+    for strength in ("light", "full"):
+        none = build_train_transforms((8, 16, 16), 3, False, SCALES_3D, strength=strength, mirror_axes=())
+        assert not any(isinstance(t, MirrorTransform) for t in none.transforms)
+        some = build_train_transforms((8, 16, 16), 3, False, SCALES_3D, strength=strength, mirror_axes=[1])
+        assert [t.axes for t in some.transforms if isinstance(t, MirrorTransform)] == [(1,)]
+    with pytest.raises(ValueError, match="mirror_axes"):
+        build_train_transforms((16, 16), 2, False, None, mirror_axes=[2])

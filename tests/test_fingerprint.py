@@ -91,6 +91,10 @@ def test_crop_to_nonzero_and_component_counts(tmp_path):
     c = fp.cases[0]
     assert c.crop_bbox == [[2, 6], [3, 11], [1, 7]] and c.shape_after_crop == [4, 8, 6] and c.shape == [8, 12, 10]
     assert c.class_components == {1: 2, 3: 1}
+    # centroid of label 1: mean of its 8 + 18 voxels' (z, y, x) indices
+    z, y, x = np.nonzero(label == 1)
+    assert c.class_centroids[1] == pytest.approx([z.mean(), y.mean(), x.mean()], abs=0.01)
+    assert c.class_centroids[3] == [3.0, 7.0, 5.0] and 0 not in c.class_centroids
     assert c.class_voxels == {0: label.size - 8 - 18 - 1, 1: 26, 3: 1}
     assert fp.median_shape_after_crop == [4, 8, 6] and fp.median_spacing == [2.0, 1.0, 0.5]
     assert fp.anisotropy == pytest.approx(4.0) and fp.label_values == [0, 1, 3]

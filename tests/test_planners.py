@@ -282,3 +282,39 @@ def test_real_drive_and_verse_plans():
     plans = DefaultPlanner(fp, profile="cpu").plan()
     assert plans.normalization[0].scheme == "ct" and plans.label_values == [0] + list(range(16, 25))
     assert plans.normalization[0].clip_low < 0 < plans.normalization[0].clip_high
+
+
+def test_oriented_axes_finds_consistent_class_order():
+    """An axis where class 2 always lies after class 1 is oriented; a random order is not."""
+    from autoseg.planners.default import oriented_axes
+
+    rng = np.random.default_rng(0)
+    cases = [{1: [10.0, 20.0, 20.0], 2: [10.0 + rng.normal(), 28.0, 20.0 + rng.normal()]} for _ in range(30)]
+    assert oriented_axes(cases) == [1]
+    # too few cases holding both classes: no decision, mirror everything
+    assert oriented_axes(cases[:5]) == []
+    # one class only (or no centroids at all, as in older fingerprints): nothing is oriented
+    assert oriented_axes([{1: [1.0, 2.0, 3.0]}] * 30) == [] and oriented_axes([{}] * 30) == []
+    # 85% agreement is below the 90% threshold
+    mixed = [{1: [0.0, 0.0, 0.0], 2: [0.0, 0.0, 1.0 if i < 17 else -1.0]} for i in range(20)]
+    assert oriented_axes(mixed) == []
+
+
+def test_plans_mirror_only_axes_without_class_order():
+    """Hippocampus-like (anterior/posterior in a fixed order along every axis): no mirroring.
+    ACDC-like (right ventricle always on one side in x): 3D configurations keep z and y, 2d keeps y."""
+    fp = hippocampus_like(20)
+    for c in fp.cases:
+        c.class_centroids = {1: [10.0, 30.0, 15.0], 2: [18.0, 12.0, 13.0]}
+    plans = DefaultPlanner(fp, profile="cpu").plan()
+    assert all(c.mirror_axes == [] for c in plans.configurations.values())
+    fp = acdc_like(40)
+    rng = np.random.default_rng(1)
+    for c in fp.cases:
+        lv = [5.0 + rng.normal(), 100.0 + rng.normal(), 100.0]
+        c.class_centroids = {1: [lv[0] + rng.normal(), lv[1] + rng.normal(), 75.0], 3: lv}
+    plans = DefaultPlanner(fp, profile="cpu").plan()
+    assert plans.configurations["2d"].mirror_axes == [0]  # network axes (y, x) of the 2D slices
+    assert plans.configurations["3d_fullres"].mirror_axes == [0, 1]
+    # and without centroids every axis is mirrored, as nnU-Net does
+    assert DefaultPlanner(acdc_like(40), profile="cpu").plan().configurations["3d_fullres"].mirror_axes == [0, 1, 2]

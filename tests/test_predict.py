@@ -224,3 +224,17 @@ def test_ensemble_averages_configurations_in_original_grid(setup, tmp_path):
     predict_folder([pa, pb], raw / "imagesTr", out, save_probabilities=True)
     got = np.load(out / "case_002_probabilities.npy").astype(np.float32)
     np.testing.assert_allclose(got, expect, atol=2e-3)
+
+
+def test_predictor_flips_only_the_axes_the_checkpoints_were_trained_with(setup, tmp_path):
+    raw, ws, model = setup
+    folder = tmp_path / "unet__3d_fullres"
+    shutil.copytree(model, folder)
+    assert Predictor(folder, folds=(0,), device="cpu").mirror_axes is None  # older checkpoints: every axis
+    for fold, axes in ((0, [0, 2]), (1, [2])):
+        f = folder / f"fold_{fold}" / "checkpoint_final.pt"
+        state = torch.load(f, weights_only=True)
+        state["mirror_axes"] = axes
+        torch.save(state, f)
+    assert Predictor(folder, folds=(0,), device="cpu").mirror_axes == [0, 2]
+    assert Predictor(folder, folds=(0, 1), device="cpu").mirror_axes == [2]  # what every fold saw

@@ -66,6 +66,7 @@ def test_train_end_to_end(tmp_path):
     assert log["optimizer"] == "adam"  # the CPU default; see Trainer.resolve_optimizer
     state = torch.load(fold / "checkpoint_final.pt", weights_only=True)
     assert state["epoch"] == 2 and state["iteration"] == 4 and state["trainer"] == "unet" and state["fold"] == "0"
+    assert state["mirror_axes"] == [0, 1, 2]  # the hand-made plan has no mirror_axes: every axis
     splits = read_json(ws.splits_file)
     assert len(splits) == 5
     val = splits[0]["val"]
@@ -181,3 +182,26 @@ def test_cpu_final_validation_mirrors_only_when_cheap_within_the_budget(tmp_path
     assert trainer()._tta() is False                          # unbudgeted CPU run: never
     budgeted = trainer(time_budget_min=20)
     assert budgeted.estimate_final_validation_s() > trainer(time_budget_min=1).estimate_final_validation_s()
+
+
+def test_mirror_axes_follow_the_plan_into_validation_and_checkpoint(tmp_path):
+    """A plan without mirror axes: no mirrored training patches, no test-time flips (not even in
+    a budget where they would be cheap), and the checkpoint records the axes for prediction."""
+    from autoseg.planners.plans import Plans
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+    plans = Plans.load(ws.plans_file)
+    plans.configurations["3d_fullres"].mirror_axes = []
+    plans.save(ws.plans_file)
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=20))
+    t._forward_time_s = 0.5
+    assert t.mirror_axes() == [] and t._tta() is False
+    plans.configurations["3d_fullres"].mirror_axes = [2]
+    plans.save(ws.plans_file)
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=20))
+    t._forward_time_s = 0.5
+    assert t.mirror_axes() == [2] and t._tta() is True
+    # one flip axis: 2 forward passes per window, not 8
+    assert t.estimate_final_validation_s() == pytest.approx(t._validation_cost_s(2))
+    assert t.estimate_final_validation_s() < t._validation_cost_s(8)

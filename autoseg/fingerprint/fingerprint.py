@@ -1,7 +1,7 @@
 """A dataset's fingerprint: the statistics planning needs, computed once by reading every case.
 
-Per case: spacing, shape before and after cropping to the nonzero region, voxels and
-connected components per label value. Per channel: intensity statistics of foreground
+Per case: spacing, shape before and after cropping to the nonzero region, voxels,
+connected components and centroid per label value. Per channel: intensity statistics of foreground
 voxels (label > 0), sampled with a fixed seed so the same dataset gives the same file.
 Per dataset: medians and the anisotropy. Saved as plain JSON (``fingerprint.json``);
 the schema is documented in ``documentation/fingerprint.md``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,9 @@ class CaseFingerprint:
     crop_bbox: list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]], half-open
     class_voxels: dict[int, int]  # label value -> voxel count (every value present, 0 included)
     class_components: dict[int, int]  # label value -> connected components (26/8-connected), foreground only
+    # label value -> centroid (z, y, x) in array voxels, foreground only: which side of which
+    # class lies (the planner's mirroring rule). Empty in fingerprints written before it existed.
+    class_centroids: dict[int, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Fingerprint:
             # JSON object keys are strings; label values are integers in code
             c["class_voxels"] = {int(k): int(v) for k, v in c["class_voxels"].items()}
             c["class_components"] = {int(k): int(v) for k, v in c["class_components"].items()}
+            c["class_centroids"] = {int(k): [float(x) for x in v] for k, v in c.get("class_centroids", {}).items()}
             cases.append(CaseFingerprint(**c))
         fields["cases"] = cases
         return cls(**fields)
@@ -146,6 +150,7 @@ def _case_fingerprint(case: Case, index: int, seed: int) -> tuple[CaseFingerprin
     bbox = nonzero_bbox(image)
     class_voxels: dict[int, int] = {}
     class_components: dict[int, int] = {}
+    class_centroids: dict[int, list[float]] = {}
     # a seed per case (not per worker) so the samples do not depend on num_workers
     rng = np.random.default_rng([seed, index])
     fg_samples = np.zeros((image.shape[0], 0), np.float32)
@@ -159,9 +164,12 @@ def _case_fingerprint(case: Case, index: int, seed: int) -> tuple[CaseFingerprin
         class_voxels = {int(v): int(n) for v, n in zip(values, counts)}
         # 2D images (Z == 1) are labelled 8-connected in-plane, volumes 26-connected
         structure = np.ones((3, 3, 3), bool) if label.shape[0] > 1 else np.pad(np.ones((1, 3, 3), bool), ((1, 1), (0, 0), (0, 0)))
-        for v in values:
-            if v != 0:
-                class_components[int(v)] = int(ndimage.label(label == v, structure=structure)[1])
+        foreground_values = [int(v) for v in values if v != 0]
+        for v in foreground_values:
+            class_components[v] = int(ndimage.label(label == v, structure=structure)[1])
+        if foreground_values:
+            centroids = ndimage.center_of_mass(np.ones(label.shape, np.uint8), label, foreground_values)
+            class_centroids = {v: [round(float(x), 2) for x in c] for v, c in zip(foreground_values, centroids)}
         fg = np.flatnonzero(label.ravel() > 0)
         if fg.size:
             pick = rng.choice(fg, size=min(SAMPLES_PER_CASE, fg.size), replace=False)
@@ -176,6 +184,7 @@ def _case_fingerprint(case: Case, index: int, seed: int) -> tuple[CaseFingerprin
         crop_bbox=bbox,
         class_voxels=class_voxels,
         class_components=class_components,
+        class_centroids=class_centroids,
     )
     return fp, fg_samples, all_samples
 

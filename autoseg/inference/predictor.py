@@ -221,7 +221,7 @@ class Predictor:
                                "; train the model first (autoseg train)"))
         from autoseg.trainers.checkpoint import load_checkpoint
 
-        networks, configuration = [], None
+        networks, configuration, mirror_axes = [], None, None
         for f in files:
             state = load_checkpoint(f, map_location="cpu")
             if not isinstance(state, dict) or "network" not in state:
@@ -234,8 +234,13 @@ class Predictor:
             net = _build_network(state.get("trainer"), state.get("architecture", "unet"), plans, config)
             net.load_state_dict(state["network"])
             networks.append(net)
+            if "mirror_axes" in state:
+                # flip at test time only what the folds were trained to see mirrored (all must agree)
+                trained = set(int(a) for a in state["mirror_axes"])
+                mirror_axes = trained if mirror_axes is None else mirror_axes & trained
             del state
-        self._setup(plans, configuration, networks, dev, tta, overlap, precision)
+        self._setup(plans, configuration, networks, dev, tta, overlap, precision,
+                    sorted(mirror_axes) if mirror_axes is not None else None)
         self.model_folder = model_folder
         self.folds = fold_names
 
@@ -252,7 +257,7 @@ class Predictor:
         return self
 
     def _setup(self, plans: Plans, configuration: str, networks: list[nn.Module], device: torch.device,
-               tta: bool, overlap: float, precision: str) -> None:
+               tta: bool, overlap: float, precision: str, mirror_axes: list[int] | None = None) -> None:
         from autoseg.trainers.base import resolve_precision
 
         if not 0 <= overlap < 1:
@@ -262,6 +267,8 @@ class Predictor:
         self.config = plans.configuration(configuration)
         self.device = device
         self.tta = tta
+        # test-time flips: the checkpoints' training mirror axes, else the plan's (None: every axis)
+        self.mirror_axes = mirror_axes if mirror_axes is not None else self.config.mirror_axes
         self.overlap = overlap
         self.autocast_dtype, _ = resolve_precision(precision, device)
         if device.type == "cpu":
@@ -288,6 +295,7 @@ class Predictor:
         """``(K, z, y, x)`` probabilities on the preprocessed grid, folds averaged."""
         return predict_sliding_window(self.networks, data, self.config.patch_size, self.config.dim,
                                       self.plans.num_classes, overlap=self.overlap, tta=self.tta,
+                                      mirror_axes=self.mirror_axes,
                                       device=self.device, autocast_dtype=self.autocast_dtype)
 
     def export(self, probabilities: torch.Tensor | np.ndarray, properties: dict[str, Any]) -> np.ndarray:

@@ -4,7 +4,7 @@ Each decision is one method, so a subclass changes one rule (see ``documentation
 :meth:`DefaultPlanner.target_spacing`, :meth:`~DefaultPlanner.normalization`,
 :meth:`~DefaultPlanner.resampling`, :meth:`~DefaultPlanner.patch_and_topology`,
 :meth:`~DefaultPlanner.batch_size`, :meth:`~DefaultPlanner.cost` / :meth:`~DefaultPlanner.budget`,
-and one method per configuration.
+:meth:`~DefaultPlanner.mirror_axes`, and one method per configuration.
 """
 from __future__ import annotations
 
@@ -40,17 +40,48 @@ RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
 # (ACDC has 6-18); deeper images get HYBRID_MIN_DEPTH slices (at most the median).
 HYBRID_ALL_SLICES_MAX = 20
 HYBRID_MIN_DEPTH = 16
+# Mirroring rule: an axis along which one class lies on the same side of another in at least
+# this fraction of the cases holding both (and at least MIRROR_MIN_CASES of them) is not mirrored.
+MIRROR_SIDE_AGREEMENT = 0.9
+MIRROR_MIN_CASES = 10
+
+
+def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MIRROR_SIDE_AGREEMENT,
+                  min_cases: int = MIRROR_MIN_CASES) -> list[int]:
+    """Array axes (0-2 of z, y, x) along which the classes keep a consistent order.
+
+    ``centroids``: per case, label value -> centroid (z, y, x). For every pair of classes, the
+    sign of the centroid difference along each axis is counted over the cases that hold both;
+    an axis where one sign wins in ``agreement`` of at least ``min_cases`` cases is oriented.
+    Mirroring such an axis produces label layouts the data never shows (Hippocampus: anterior
+    and posterior swap ends; ACDC: the right ventricle moves to the other side of the left),
+    which the network must then also learn.
+    """
+    labels = sorted({v for case in centroids for v in case})
+    oriented: set[int] = set()
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            diffs = np.array([np.subtract(case[b], case[a]) for case in centroids if a in case and b in case])
+            if len(diffs) < min_cases:
+                continue
+            for axis in range(diffs.shape[1]):
+                positive = float(np.mean(diffs[:, axis] > 0))
+                negative = float(np.mean(diffs[:, axis] < 0))
+                if max(positive, negative) >= agreement:
+                    oriented.add(axis)
+    return sorted(oriented)
 
 
 def hybrid_skip_flops(topology: NetworkTopology, patch: list[int], batch: int) -> float:
     """FLOPs (forward + backward) of the hybrid U-Net's 3D skip modules, on top of its 2D U-Net.
 
-    Per skip voxel of a stage with f features (stages 1 and deeper, autoseg.networks.hybrid_unet):
+    Per skip voxel of a stage with f features (stages 2 and deeper, autoseg.networks.hybrid_unet):
     bottleneck residual block 0.5 + 27/4 + 0.5 f^2 MACs, aggregation 6f*2f + 2f*f = 14 f^2.
     """
     f = topology.features_per_stage
     voxels = _stage_voxels(topology, patch)
-    macs = sum(voxels[s] * 21.75 * f[s] * f[s] for s in range(1, topology.n_stages))
+    first = min(2, topology.n_stages - 1)
+    macs = sum(voxels[s] * 21.75 * f[s] * f[s] for s in range(first, topology.n_stages))
     return 2.0 * 3.0 * macs * batch
 
 
@@ -173,6 +204,17 @@ class DefaultPlanner(Planner):
         data_cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / math.prod(patch))
         return max(smallest, min(batch, data_cap))
 
+    # --- augmentation ---
+
+    def mirror_axes(self, dim: int) -> list[int]:
+        """Network axes (0..dim-1, over the last ``dim`` array axes) that training may mirror and
+        test-time augmentation flips: all but those where the classes lie in a consistent order
+        (:func:`oriented_axes`). nnU-Net mirrors every axis; for single-class data, or a
+        fingerprint without centroids, so does this rule."""
+        oriented = oriented_axes([c.class_centroids for c in self.fingerprint.cases])
+        first = 3 - dim
+        return [a - first for a in range(first, 3) if a not in oriented]
+
     # --- configurations ---
 
     def data_identifier(self, name: str, spacing: list[float]) -> str:
@@ -197,6 +239,7 @@ class DefaultPlanner(Planner):
             spacing=[float(s) for s in spacing], median_shape=median, patch_size=patch, batch_size=batch,
             network=topology, trainer=trainer, resampling=self.resampling(),
             anisotropic=bool(dim == 3 and ratio > ANISOTROPY_THRESHOLD), notes=notes,
+            mirror_axes=self.mirror_axes(dim),
         )
 
     def configuration_2d(self) -> ConfigurationPlan:

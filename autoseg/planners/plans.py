@@ -75,6 +75,9 @@ class ConfigurationPlan:
     # Anisotropic data (spacing ratio > 3): augmentation rotates in-plane only.
     anisotropic: bool = False
     notes: str = ""
+    # Network axes (0..dim-1) that training mirrors and test-time augmentation flips; None
+    # (plans written before this field): all of them. [] turns both off.
+    mirror_axes: list[int] | None = None
 
 
 @dataclass

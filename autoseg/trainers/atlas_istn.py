@@ -135,7 +135,7 @@ def atlas_train_transforms(grid: Sequence[int], dim: int, anisotropic: bool,
     (documentation/atlas_istn.md)."""
     from autoseg.trainers.augmentation import build_train_transforms
 
-    return build_train_transforms(grid, dim, anisotropic, deep_supervision_scales, strength=strength, mirror=False,
+    return build_train_transforms(grid, dim, anisotropic, deep_supervision_scales, strength=strength, mirror_axes=(),
                                   max_rotation=math.radians(15), scale=(0.85, 1.15))
 
 
@@ -220,6 +220,9 @@ class AtlasISTNTrainer(Trainer):
         self._acc_image = torch.zeros_like(self.atlas_image)
         self._acc_labels = torch.zeros_like(self.atlas_labels)
         self._acc_count = 0
+
+    def mirror_axes(self) -> list[int]:
+        return []  # never mirrored (atlas_train_transforms), so never flipped at test time
 
     def build_sampler(self, case_ids: list[str], seed: int) -> Any:
         # every sample is the atlas grid around the case's foreground centre (jittered), so the

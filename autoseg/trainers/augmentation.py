@@ -336,7 +336,8 @@ AUGMENTATION_STRENGTHS = ("full", "light")
 
 def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: bool,
                            deep_supervision_scales: Sequence[Sequence[float]] | None,
-                           strength: str = "full", mirror: bool = True, max_rotation: float | None = None,
+                           strength: str = "full", mirror_axes: Sequence[int] | None = None,
+                           max_rotation: float | None = None,
                            scale: tuple[float, float] = (0.7, 1.4)) -> Compose:
     """``full``: nnU-Net's default augmentation (probabilities per sample), elastic deformation off.
 
@@ -349,14 +350,18 @@ def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: boo
     a CPU budget of a few thousand is still under-fitting, and the spatial transform's
     interpolation takes loader time from the network (documentation/training.md).
 
-    ``mirror=False`` drops the mirroring from either (Atlas-ISTN: a mirrored case would swap
-    the atlas's left and right, which no affine undoes).
+    ``mirror_axes`` (patch axes) limits the mirroring of either: None mirrors every axis, ``()``
+    none (the plan's ``mirror_axes``: axes along which the classes keep their order are left
+    alone; Atlas-ISTN: a mirrored case would swap the atlas's left and right, which no affine undoes).
     """
     if len(patch_size) != dim:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, dim is {dim}")
     if strength not in AUGMENTATION_STRENGTHS:
         raise ValueError(f"augmentation strength '{strength}': choose one of {AUGMENTATION_STRENGTHS}")
-    mirroring: list[Transform] = [MirrorTransform(axes=tuple(range(dim)))] if mirror else []
+    axes = tuple(range(dim)) if mirror_axes is None else tuple(int(a) for a in mirror_axes)
+    if any(not 0 <= a < dim for a in axes):
+        raise ValueError(f"mirror_axes {list(axes)} are not axes of a {dim}D patch")
+    mirroring: list[Transform] = [MirrorTransform(axes=axes)] if axes else []
     if strength == "light":
         return Compose([
             GaussianNoise(),

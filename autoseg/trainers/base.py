@@ -354,7 +354,7 @@ class Trainer:
         sampler = self.build_sampler(case_ids, seed)
         if train:
             transforms = build_train_transforms(self.config.patch_size, self.config.dim, self.config.anisotropic, scales,
-                                                strength=self.augmentation)
+                                                strength=self.augmentation, mirror_axes=self.mirror_axes())
         else:
             transforms = build_val_transforms(scales)
         batches = TrainingBatches(sampler, transforms, self.num_workers if train else 0)
@@ -381,6 +381,12 @@ class Trainer:
         with atomic_path(self.results_dir / "plans.json") as tmp:
             shutil.copyfile(self.ws.plans_file, tmp)
 
+    def mirror_axes(self) -> list[int]:
+        """Patch axes training mirrors, and so the only ones test-time augmentation may flip: the
+        plan's (every axis for plans without ``mirror_axes``). A trainer that never mirrors returns []."""
+        axes = self.config.mirror_axes
+        return list(range(self.config.dim)) if axes is None else [int(a) for a in axes]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
@@ -400,6 +406,7 @@ class Trainer:
                             "exponent": self.lr_exponent, "total_iterations": self.total_iterations},
             "time_budget_min": self.settings.time_budget_min,
             "augmentation": self.augmentation,
+            "mirror_axes": self.mirror_axes(),
             "elapsed_s": self.elapsed_s(),
             "rng": ckpt.rng_state(),
             "log": self.log.to_dict(),
@@ -627,6 +634,8 @@ class Trainer:
         return float(np.median(times[1:]))
 
     def _tta(self) -> bool:
+        if not self.mirror_axes():
+            return False  # a network never trained on mirrored patches gains nothing from flipped ones
         if self.validation_tta is not None:
             return self.validation_tta
         if self.device.type == "cuda":
@@ -634,7 +643,7 @@ class Trainer:
         if self.settings.time_budget_min is None or not self.settings.final_validation or not self.val_ids:
             return False
         if self._tta_choice is None:  # decided once, so the budget plan and the validation agree
-            flips = 2 ** self.config.dim
+            flips = 2 ** len(self.mirror_axes())
             extra = self._validation_cost_s(flips) - self._validation_cost_s(1)
             self._tta_choice = extra <= self.tta_budget_share * self.settings.time_budget_min * 60
         return self._tta_choice
@@ -642,7 +651,7 @@ class Trainer:
     def estimate_final_validation_s(self) -> float:
         if self.fold == "all" or not self.settings.final_validation or not self.val_ids:
             return 0.0
-        return self._validation_cost_s(2 ** self.config.dim if self._tta() else 1)
+        return self._validation_cost_s(2 ** len(self.mirror_axes()) if self._tta() else 1)
 
     def _validation_cost_s(self, flips: int) -> float:
         fwd = self._forward_time_s if self._forward_time_s is not None else self._measure_forward_time()
@@ -690,12 +699,13 @@ class Trainer:
         self.load_best_or_final()
         return validate_fold(self.network, self.plans, self.config, self.ws, self.preprocessed_dir, self.val_ids,
                              self.fold_dir / "validation", device=self.device, autocast_dtype=self.autocast_dtype,
-                             tta=self._tta(), overlap=self.validation_overlap)
+                             tta=self._tta(), overlap=self.validation_overlap, mirror_axes=self.mirror_axes())
 
 
 def validate_fold(network: nn.Module, plans: Plans, config: ConfigurationPlan, ws: DatasetWorkspace,
                   preprocessed_dir: Path, case_ids: list[str], out_dir: Path, *, device: torch.device,
-                  autocast_dtype: torch.dtype | None = None, tta: bool = False, overlap: float = 0.5) -> dict[str, Any]:
+                  autocast_dtype: torch.dtype | None = None, tta: bool = False, overlap: float = 0.5,
+                  mirror_axes: list[int] | None = None) -> dict[str, Any]:
     """Predict ``case_ids`` in their original geometry, write segmentations, probabilities and metrics.
 
     Writes ``out_dir/CASE<ending>``, ``out_dir/CASE_probabilities.npy`` (float16, original
@@ -725,7 +735,8 @@ def validate_fold(network: nn.Module, plans: Plans, config: ConfigurationPlan, w
         data = np.load(preprocessed_dir / f"{cid}.npy")
         props = read_json(preprocessed_dir / f"{cid}.json")
         probs = predict_sliding_window(network, data, config.patch_size, config.dim, plans.num_classes,
-                                       overlap=overlap, tta=tta, device=device, autocast_dtype=autocast_dtype)
+                                       overlap=overlap, tta=tta, device=device, autocast_dtype=autocast_dtype,
+                                       mirror_axes=mirror_axes)
         probs = to_original_geometry(probs, props, plans, config)
         probs_np = probs.numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
         seg = segmentation_from_probabilities(probs_np, plans.label_values)
