@@ -526,17 +526,14 @@ def autoseg_case_ids(dataset_ws: Path, data_identifier: str) -> list[str]:
 
 
 def prepare_autoseg(data: Path, workspace: Path, workers: int, logs: Path) -> Path:
-    """``autoseg plan-and-preprocess`` into ``workspace`` unless already done; returns the dataset folder."""
-    dataset_ws = workspace / data.name
-    plans = dataset_ws / "plans.json"
-    if plans.is_file():
-        config = json.loads(plans.read_text())["configurations"]["3d_fullres"]
-        if len(autoseg_case_ids(dataset_ws, config["data_identifier"])) >= len(
-                json.loads((data / "dataset.json").read_text())["training"]):
-            return dataset_ws
+    """``autoseg plan-and-preprocess`` into ``workspace``; returns the dataset folder.
+
+    Always run: it re-plans with the code under test (a plans.json left by an older version
+    would train the old plan) and resumes the preprocessing, skipping cases already done.
+    """
     _run_setup([sys.executable, "-m", "autoseg", "plan-and-preprocess", data, "--workspace", workspace,
                 "-np", workers], logs / "autoseg_plan_and_preprocess.log", what="autoseg plan-and-preprocess")
-    return dataset_ws
+    return workspace / data.name
 
 
 def autoseg_splits(dataset_ws: Path, configuration: str = "3d_fullres") -> list[dict[str, list[str]]]:
