@@ -31,7 +31,7 @@ from autoseg.networks.layers import InstanceNorm
 from autoseg.planners.plans import Plans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_train_step import add_plan_arguments, synthetic_train_step  # noqa: E402
+from profile_train_step import add_plan_arguments, plan_from_arguments, synthetic_train_step  # noqa: E402
 
 
 def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
@@ -61,9 +61,7 @@ def main() -> None:
     add_plan_arguments(ap)
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plans = Plans.load(args.plans)
-    config = plans.configuration(args.configuration)
+    plans, config = plan_from_arguments(args)
     variants = {
         "instance norm, channels-last": make_step(plans, config, args.architecture, True, True),
         "instance norm, contiguous": make_step(plans, config, args.architecture, True, False),

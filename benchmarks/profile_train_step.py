@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from autoseg.networks import build_network, deep_supervision_scales
-from autoseg.planners.plans import Plans
+from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,14 +57,19 @@ def add_plan_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2)
 
 
+def plan_from_arguments(args: argparse.Namespace) -> tuple[Plans, ConfigurationPlan]:
+    """The plans and configuration :func:`add_plan_arguments` names; sets torch's thread count."""
+    torch.set_num_threads(args.threads)
+    plans = Plans.load(args.plans)
+    return plans, plans.configuration(args.configuration)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plan_arguments(ap)
     ap.add_argument("--rows", type=int, default=12)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    plans = Plans.load(args.plans)
-    config = plans.configuration(args.configuration)
+    plans, config = plan_from_arguments(args)
     step = synthetic_train_step(plans, config, build_network(plans, config, architecture=args.architecture))
 
     for _ in range(2):
