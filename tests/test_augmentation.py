@@ -206,3 +206,30 @@ def test_mirror_axes_limit_the_mirroring():
         assert [t.axes for t in some.transforms if isinstance(t, MirrorTransform)] == [(1,)]
     with pytest.raises(ValueError, match="mirror_axes"):
         build_train_transforms((16, 16), 2, False, None, mirror_axes=[2])
+
+
+def test_light_augmentation_zooms_only_with_a_planned_scale_range():
+    light = build_train_transforms((8, 16, 16), 3, anisotropic=True, deep_supervision_scales=None, strength="light",
+                                   scale=(0.5, 1.6))
+    spatial = [t for t in light.transforms if isinstance(t, SpatialTransform)]
+    assert len(spatial) == 1 and spatial[0].p_rotation == 0.0 and spatial[0].scale == (0.5, 1.6)
+    assert spatial[0].scale_axes == (1, 2)  # thick slices: never zoomed along z
+    full = build_train_transforms((16, 16), 2, anisotropic=False, deep_supervision_scales=None)
+    assert [t.scale for t in full.transforms if isinstance(t, SpatialTransform)] == [(0.7, 1.4)]
+
+
+def test_in_plane_scaling_leaves_slices_alone():
+    """A zoom on thick-slice data keeps every output slice a resampling of its own input slice."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((1, 1, 6, 20, 20), np.float32)
+    for z in range(6):
+        x[0, 0, z] = z  # each slice constant: any mixing along z shows as a non-integer value
+    seg = np.zeros((1, 1, 6, 20, 20), np.int16)
+    t = SpatialTransform((6, 12, 12), rotation=0.0, scale=(0.5, 0.5), p_rotation=0.0, p_scale=1.0, scale_axes=(1, 2))
+    params = t.sample(rng, 1, 1)
+    out = t.apply({"data": [x[0]], "seg": [seg[0]]}, params)["data"]
+    np.testing.assert_allclose(out[0, 0], np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 12, 12)), atol=1e-4)
+    # scaling every axis would have mixed them
+    t_all = SpatialTransform((6, 12, 12), rotation=0.0, scale=(0.5, 0.5), p_rotation=0.0, p_scale=1.0)
+    out_all = t_all.apply({"data": [x[0]], "seg": [seg[0]]}, params)["data"]
+    assert not np.allclose(out_all[0, 0, 1], 1.0, atol=1e-3)

@@ -318,3 +318,52 @@ def test_plans_mirror_only_axes_without_class_order():
     assert plans.configurations["3d_fullres"].mirror_axes == [0, 1]
     # and without centroids every axis is mirrored, as nnU-Net does
     assert DefaultPlanner(acdc_like(40), profile="cpu").plan().configurations["3d_fullres"].mirror_axes == [0, 1, 2]
+
+
+def test_size_scale_range_widens_only_beyond_the_default():
+    from autoseg.planners.default import DEFAULT_SCALE_RANGE, size_scale_range
+
+    rng = np.random.default_rng(0)
+    homogeneous = 40.0 * rng.uniform(0.85, 1.2, 50)
+    assert size_scale_range(homogeneous) is None
+    # one case twice the median (ACDC's patient057 under its nominal spacing): zoom in to 0.5
+    spread = np.concatenate([homogeneous, [80.0 * 1.0, 26.0]])
+    lo, hi = size_scale_range(spread)
+    assert lo == pytest.approx(np.median(spread) / 80.0, abs=1e-3) and lo < DEFAULT_SCALE_RANGE[0]
+    assert hi == pytest.approx(np.median(spread) / 26.0, abs=1e-3) and hi > DEFAULT_SCALE_RANGE[1]
+    # capped, and never narrower than the default on the side that needs no widening
+    assert size_scale_range(np.concatenate([homogeneous, [400.0]])) == [0.5, 1.4]
+    # too few cases to judge a spread
+    assert size_scale_range(spread[-5:]) is None
+
+
+def test_object_sizes_in_plane_and_volume():
+    from autoseg.planners.default import object_sizes
+
+    # 10 slices of 10 mm, 100 foreground voxels per slice at 2x2 mm: 20 mm in-plane
+    case = CaseFingerprint("c", [10.0, 2.0, 2.0], [10, 64, 64], [10, 64, 64], [[0, 10], [0, 64], [0, 64]],
+                           {0: 1000, 1: 600, 2: 400}, {1: 1, 2: 1})
+    empty = CaseFingerprint("e", [1.0, 1.0, 1.0], [4, 4, 4], [4, 4, 4], [[0, 4]] * 3, {0: 64}, {})
+    assert object_sizes([case, empty], in_plane=True) == pytest.approx([20.0])
+    assert object_sizes([case], in_plane=False) == pytest.approx([(1000 * 40.0) ** (1 / 3)])
+
+
+def test_plans_widen_scaling_for_spread_object_sizes():
+    fp = acdc_like(40)
+    plans = DefaultPlanner(fp, profile="cpu").plan()
+    assert all(c.scale_range is None for c in plans.configurations.values())  # every heart the same size
+    fp.cases[0].class_voxels = {0: 10, 1: 100, 2: 100, 3: 100}  # one heart ~3x the others in-plane
+    plans = DefaultPlanner(fp, profile="cpu").plan()
+    assert plans.configurations["2d"].scale_range == [0.5, 1.4]
+    assert plans.configurations["3d_hybrid"].scale_range == [0.5, 1.4]
+    # 3d_fullres of thick slices scales in-plane too (the volume's cube root would say 2.2x, still capped)
+    assert plans.configurations["3d_fullres"].scale_range == [0.5, 1.4]
+
+
+def test_real_acdc_and_hippocampus_scale_ranges():
+    fp, _ = _example("ACDC")
+    plans = DefaultPlanner(fp, profile="cpu").plan()
+    lo, hi = plans.configurations["2d"].scale_range
+    assert lo == 0.5 and 1.6 < hi < 1.7  # patient057's heart is 2.2x the median, patient037's 0.6x
+    fp, _ = _example("Task04_Hippocampus")
+    assert all(c.scale_range is None for c in DefaultPlanner(fp, profile="cpu").plan().configurations.values())

@@ -4,7 +4,7 @@ Each decision is one method, so a subclass changes one rule (see ``documentation
 :meth:`DefaultPlanner.target_spacing`, :meth:`~DefaultPlanner.normalization`,
 :meth:`~DefaultPlanner.resampling`, :meth:`~DefaultPlanner.patch_and_topology`,
 :meth:`~DefaultPlanner.batch_size`, :meth:`~DefaultPlanner.cost` / :meth:`~DefaultPlanner.budget`,
-:meth:`~DefaultPlanner.mirror_axes`, and one method per configuration.
+:meth:`~DefaultPlanner.mirror_axes`, :meth:`~DefaultPlanner.scale_range`, and one method per configuration.
 """
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ HYBRID_MIN_DEPTH = 16
 # this fraction of the cases holding both (and at least MIRROR_MIN_CASES of them) is not mirrored.
 MIRROR_SIDE_AGREEMENT = 0.9
 MIRROR_MIN_CASES = 10
+# Scaling augmentation: nnU-Net's range of sampling-grid factors (< 1 zooms in). A dataset whose
+# objects differ in size by more than this range covers (from at least SIZE_MIN_CASES cases)
+# gets a range widened to its observed spread, capped at SCALE_RANGE_CAP.
+DEFAULT_SCALE_RANGE = (0.7, 1.4)
+SCALE_RANGE_CAP = (0.5, 2.0)
+SIZE_MIN_CASES = 10
 
 
 def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MIRROR_SIDE_AGREEMENT,
@@ -70,6 +76,45 @@ def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MI
                 if max(positive, negative) >= agreement:
                     oriented.add(axis)
     return sorted(oriented)
+
+
+def object_sizes(cases: list, in_plane: bool) -> np.ndarray:
+    """Per case, the linear size in mm of its foreground (every label but 0 together).
+
+    ``in_plane``: the square root of the mean foreground area per slice (slices of the cropped
+    image), for configurations that scale only in-plane (2D, thick-slice 3D); otherwise the cube
+    root of the foreground volume. Cases without foreground are left out.
+    """
+    sizes = []
+    for case in cases:
+        voxels = sum(int(n) for label, n in case.class_voxels.items() if int(label) != 0)
+        if voxels == 0:
+            continue
+        z, y, x = case.spacing
+        if in_plane:
+            sizes.append(math.sqrt(voxels * y * x / max(1, case.shape_after_crop[0])))
+        else:
+            sizes.append((voxels * z * y * x) ** (1.0 / 3.0))
+    return np.asarray(sizes, dtype=float)
+
+
+def size_scale_range(sizes: np.ndarray, default: tuple[float, float] = DEFAULT_SCALE_RANGE,
+                     cap: tuple[float, float] = SCALE_RANGE_CAP,
+                     min_cases: int = SIZE_MIN_CASES) -> list[float] | None:
+    """Scaling-augmentation range wide enough to turn the median object into the largest and the
+    smallest one seen, or None when ``default`` already covers that spread (or too few cases).
+
+    The range is of sampling-grid factors: 0.5 shows an object at twice its size. Measured on
+    ACDC, whose nominal spacing hides true voxel sizes of 0.7-1.6 mm: patient057's heart is 2.2x
+    the median, and every network trained without such zoom failed on it (documentation/plans.md).
+    """
+    if len(sizes) < min_cases:
+        return None
+    median = float(np.median(sizes))
+    lo, hi = median / float(sizes.max()), median / float(sizes.min())
+    if lo >= default[0] and hi <= default[1]:
+        return None
+    return [round(max(cap[0], min(default[0], lo)), 3), round(min(cap[1], max(default[1], hi)), 3)]
 
 
 def hybrid_skip_flops(topology: NetworkTopology, patch: list[int], batch: int) -> float:
@@ -215,6 +260,13 @@ class DefaultPlanner(Planner):
         first = 3 - dim
         return [a - first for a in range(first, 3) if a not in oriented]
 
+    def scale_range(self, dim: int, anisotropic: bool) -> list[float] | None:
+        """Scaling-augmentation range for the dataset's object sizes (:func:`size_scale_range`),
+        measured in-plane where the configuration scales in-plane only (2D, thick-slice 3D); None
+        when nnU-Net's default range already covers them."""
+        in_plane = dim == 2 or anisotropic
+        return size_scale_range(object_sizes(self.fingerprint.cases, in_plane))
+
     # --- configurations ---
 
     def data_identifier(self, name: str, spacing: list[float]) -> str:
@@ -234,12 +286,13 @@ class DefaultPlanner(Planner):
         patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes, tuple(patch_depth or ()))
         batch = self.batch_size(patch, topology, self.dataset_voxels(spacing))
         ratio = max(net_spacing) / min(net_spacing)
+        anisotropic = bool(dim == 3 and ratio > ANISOTROPY_THRESHOLD)
         return ConfigurationPlan(
             name=name, dim=dim, data_identifier=self.data_identifier(name, spacing),
             spacing=[float(s) for s in spacing], median_shape=median, patch_size=patch, batch_size=batch,
             network=topology, trainer=trainer, resampling=self.resampling(),
-            anisotropic=bool(dim == 3 and ratio > ANISOTROPY_THRESHOLD), notes=notes,
-            mirror_axes=self.mirror_axes(dim),
+            anisotropic=anisotropic, notes=notes,
+            mirror_axes=self.mirror_axes(dim), scale_range=self.scale_range(dim, anisotropic),
         )
 
     def configuration_2d(self) -> ConfigurationPlan:

@@ -78,6 +78,10 @@ class ConfigurationPlan:
     # Network axes (0..dim-1) that training mirrors and test-time augmentation flips; None
     # (plans written before this field): all of them. [] turns both off.
     mirror_axes: list[int] | None = None
+    # Scaling augmentation [lo, hi] (sampling-grid factors, < 1 zooms in) when the dataset's
+    # object sizes spread beyond nnU-Net's default (0.7, 1.4); then light augmentation scales
+    # too. None: the default range, and no scaling in light augmentation.
+    scale_range: list[float] | None = None
 
 
 @dataclass

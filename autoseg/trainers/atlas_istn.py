@@ -135,8 +135,9 @@ def atlas_train_transforms(grid: Sequence[int], dim: int, anisotropic: bool,
     (documentation/atlas_istn.md)."""
     from autoseg.trainers.augmentation import build_train_transforms
 
+    # light stays free of resampling: a scale range given there would switch zooming on
     return build_train_transforms(grid, dim, anisotropic, deep_supervision_scales, strength=strength, mirror_axes=(),
-                                  max_rotation=math.radians(15), scale=(0.85, 1.15))
+                                  max_rotation=math.radians(15), scale=(0.85, 1.15) if strength == "full" else None)
 
 
 class AtlasGridSampler(PatchSampler):

@@ -87,12 +87,14 @@ class SpatialTransform(Transform):
 
     Samples left alone (most of them) are centre-cropped without interpolation. Data uses
     cubic interpolation with nearest-edge extension, labels nearest neighbour with 0 outside.
-    ``rotation_axes`` lists which of the 3D rotations apply ((0,) = in-plane around z only).
+    ``rotation_axes`` lists which of the 3D rotations apply ((0,) = in-plane around z only);
+    ``scale_axes`` which patch axes are scaled (default all; thick-slice 3D: (1, 2), since a
+    zoom along z would interpolate between slices 10 mm apart).
     """
 
     def __init__(self, patch_size: Sequence[int], rotation: float, scale: tuple[float, float],
                  p_rotation: float = 0.2, p_scale: float = 0.2, rotation_axes: Sequence[int] = (0, 1, 2),
-                 order_data: int = 3) -> None:
+                 order_data: int = 3, scale_axes: Sequence[int] | None = None) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dim = len(self.patch_size)
         self.rotation = rotation
@@ -100,6 +102,7 @@ class SpatialTransform(Transform):
         self.p_rotation = p_rotation
         self.p_scale = p_scale
         self.rotation_axes = tuple(rotation_axes) if self.dim == 3 else (0,)
+        self.scale_axes = tuple(range(self.dim)) if scale_axes is None else tuple(int(a) for a in scale_axes)
         self.order_data = order_data
 
     def sample(self, rng: np.random.Generator, n: int, channels: int) -> list:
@@ -124,7 +127,8 @@ class SpatialTransform(Transform):
         if p["angles"] is not None:
             coords = rotate_coords_3d(coords, *p["angles"]) if self.dim == 3 else rotate_coords_2d(coords, p["angles"][0])
         if p["scale"] is not None:
-            coords = coords * p["scale"]
+            for axis in self.scale_axes:
+                coords[axis] = coords[axis] * p["scale"]
         return coords
 
     def region_size(self, p: dict | None) -> tuple[int, ...]:
@@ -332,23 +336,30 @@ def _two_sided(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 
 
 AUGMENTATION_STRENGTHS = ("full", "light")
+DEFAULT_SCALE_RANGE = (0.7, 1.4)  # nnU-Net's
 
 
 def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: bool,
                            deep_supervision_scales: Sequence[Sequence[float]] | None,
                            strength: str = "full", mirror_axes: Sequence[int] | None = None,
                            max_rotation: float | None = None,
-                           scale: tuple[float, float] = (0.7, 1.4)) -> Compose:
+                           scale: Sequence[float] | None = None) -> Compose:
     """``full``: nnU-Net's default augmentation (probabilities per sample), elastic deformation off.
 
     2D and anisotropic 3D rotate in-plane by up to 180 degrees; isotropic 3D by up to 30
     degrees around each axis (``max_rotation``, radians, overrides both). Anisotropic data never
     resamples along its coarse z axis.
 
-    ``light``: mirroring and cheap intensity changes only, no resampling. Strong spatial
+    ``light``: mirroring and cheap intensity changes only, no rotation. Strong spatial
     augmentation is a regulariser that pays off over hundreds of thousands of iterations;
     a CPU budget of a few thousand is still under-fitting, and the spatial transform's
-    interpolation takes loader time from the network (documentation/training.md).
+    interpolation takes loader time from the network (documentation/training.md). The one
+    exception is ``scale``: given (the plan's ``scale_range``, set for datasets whose object
+    sizes spread wider than nnU-Net's default range), light augmentation zooms too, since that
+    is not regularisation but coverage of sizes the training cases barely show.
+
+    ``scale``: the scaling range (sampling-grid factors); None: nnU-Net's (0.7, 1.4) in ``full``,
+    no scaling in ``light``. 2D and thick-slice 3D scale in-plane only.
 
     ``mirror_axes`` (patch axes) limits the mirroring of either: None mirrors every axis, ``()``
     none (the plan's ``mirror_axes``: axes along which the classes keep their order are left
@@ -362,19 +373,25 @@ def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: boo
     if any(not 0 <= a < dim for a in axes):
         raise ValueError(f"mirror_axes {list(axes)} are not axes of a {dim}D patch")
     mirroring: list[Transform] = [MirrorTransform(axes=axes)] if axes else []
+    in_plane = dim == 2 or anisotropic
+    scale_axes = (1, 2) if dim == 3 and anisotropic else None
     if strength == "light":
+        zoom: list[Transform] = [] if scale is None else [
+            SpatialTransform(patch_size, rotation=0.0, scale=(float(scale[0]), float(scale[1])), p_rotation=0.0,
+                             scale_axes=scale_axes)]
         return Compose([
+            *zoom,
             GaussianNoise(),
             BrightnessMultiplicative(),
             Contrast(),
             Gamma(p=0.3),
             *mirroring,
         ], deep_supervision_scales=deep_supervision_scales)
-    in_plane = dim == 2 or anisotropic
     if max_rotation is None:
         max_rotation = math.pi if in_plane else math.radians(30)
-    spatial = SpatialTransform(patch_size, rotation=max_rotation, scale=scale,
-                               rotation_axes=(0,) if in_plane else (0, 1, 2))
+    lo, hi = DEFAULT_SCALE_RANGE if scale is None else scale
+    spatial = SpatialTransform(patch_size, rotation=max_rotation, scale=(float(lo), float(hi)),
+                               rotation_axes=(0,) if in_plane else (0, 1, 2), scale_axes=scale_axes)
     transforms: list[Transform] = [
         spatial,
         GaussianNoise(),

@@ -354,7 +354,8 @@ class Trainer:
         sampler = self.build_sampler(case_ids, seed)
         if train:
             transforms = build_train_transforms(self.config.patch_size, self.config.dim, self.config.anisotropic, scales,
-                                                strength=self.augmentation, mirror_axes=self.mirror_axes())
+                                                strength=self.augmentation, mirror_axes=self.mirror_axes(),
+                                                scale=self.config.scale_range)
         else:
             transforms = build_val_transforms(scales)
         batches = TrainingBatches(sampler, transforms, self.num_workers if train else 0)
