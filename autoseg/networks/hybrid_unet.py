@@ -48,6 +48,7 @@ from torch import nn
 from autoseg.networks.layers import ConvNormAct, conv, init_weights, norm
 from autoseg.networks.unet import UNetDecoder, check_input, check_topology, stack, total_stride
 from autoseg.planners.plans import NetworkTopology
+from autoseg.planners.topology import HYBRID_FIRST_SKIP_STAGE
 
 NEIGHBOURHOOD_THICKNESSES = (1, 3, 5)
 # hidden width of the aggregation's inverted bottleneck, in multiples of the block's channels;
@@ -197,7 +198,7 @@ class HybridUNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int = 3,
                  deep_supervision: bool = True, skip_modules: bool = True, large_kernel: bool = False,
-                 first_skip_stage: int = 2) -> None:
+                 first_skip_stage: int = HYBRID_FIRST_SKIP_STAGE) -> None:
         super().__init__()
         if dim != 3:
             raise ValueError(f"the hybrid U-Net needs 3 spatial axes (a stack of slices), got dim={dim}")

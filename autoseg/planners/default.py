@@ -15,6 +15,7 @@ import numpy as np
 from autoseg.planners.base import Planner
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, ResamplingPlan
 from autoseg.planners.topology import (
+    HYBRID_FIRST_SKIP_STAGE,
     MIN_SIZE_TO_POOL,
     RESERVED_BYTES,
     _stage_voxels,
@@ -120,12 +121,12 @@ def size_scale_range(sizes: np.ndarray, default: tuple[float, float] = DEFAULT_S
 def hybrid_skip_flops(topology: NetworkTopology, patch: list[int], batch: int) -> float:
     """FLOPs (forward + backward) of the hybrid U-Net's 3D skip modules, on top of its 2D U-Net.
 
-    Per skip voxel of a stage with f features (stages 2 and deeper, autoseg.networks.hybrid_unet):
+    Per skip voxel of a stage with f features (stages HYBRID_FIRST_SKIP_STAGE and deeper):
     bottleneck residual block 0.5 + 27/4 + 0.5 f^2 MACs, aggregation 6f*2f + 2f*f = 14 f^2.
     """
     f = topology.features_per_stage
     voxels = _stage_voxels(topology, patch)
-    first = min(2, topology.n_stages - 1)
+    first = min(HYBRID_FIRST_SKIP_STAGE, topology.n_stages - 1)
     macs = sum(voxels[s] * 21.75 * f[s] * f[s] for s in range(first, topology.n_stages))
     return 2.0 * 3.0 * macs * batch
 

@@ -20,6 +20,9 @@ MIN_SIZE_TO_POOL = 8
 # until pooling of the fine axes has caught up with them.
 ANISOTROPY_FACTOR = 2.0
 MAX_STAGES = 8
+# The hybrid U-Net's 3D skip modules sit on this stage and deeper (autoseg.networks.hybrid_unet);
+# shared so the planner's cost model counts the modules the network builds.
+HYBRID_FIRST_SKIP_STAGE = 2
 
 
 def features_per_stage(n_stages: int, base: int, cap: int) -> list[int]:

@@ -530,7 +530,8 @@ class Trainer:
                   "val_cases": len(self.val_ids), "device": str(self.device),
                   "precision": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
                   "optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
-                  "augmentation": self.augmentation, "time_budget_min": self.settings.time_budget_min}
+                  "augmentation": self.augmentation, "mirror_axes": self.mirror_axes(),
+                  "scale_range": self.config.scale_range, "time_budget_min": self.settings.time_budget_min}
         seed = self.settings.seed + self.iteration  # a resumed run draws fresh, still deterministic, patches
         if self.settings.time_budget_min is not None and self.iteration < self.total_iterations:
             # a first deadline before any epoch ends, so even the first epoch respects the budget
