@@ -13,7 +13,13 @@ import math
 import numpy as np
 
 from autoseg.planners.base import Planner
-from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, ResamplingPlan
+from autoseg.planners.plans import (
+    DEFAULT_SCALE_RANGE,
+    ChannelNormalization,
+    ConfigurationPlan,
+    NetworkTopology,
+    ResamplingPlan,
+)
 from autoseg.planners.topology import (
     HYBRID_FIRST_SKIP_STAGE,
     MIN_SIZE_TO_POOL,
@@ -45,10 +51,9 @@ HYBRID_MIN_DEPTH = 16
 # this fraction of the cases holding both (and at least MIRROR_MIN_CASES of them) is not mirrored.
 MIRROR_SIDE_AGREEMENT = 0.9
 MIRROR_MIN_CASES = 10
-# Scaling augmentation: nnU-Net's range of sampling-grid factors (< 1 zooms in). A dataset whose
-# objects differ in size by more than this range covers (from at least SIZE_MIN_CASES cases)
-# gets a range widened to its observed spread, capped at SCALE_RANGE_CAP.
-DEFAULT_SCALE_RANGE = (0.7, 1.4)
+# Scaling augmentation: a dataset whose objects differ in size by more than nnU-Net's
+# DEFAULT_SCALE_RANGE covers (from at least SIZE_MIN_CASES cases) gets a range widened to its
+# observed spread, capped at SCALE_RANGE_CAP.
 SCALE_RANGE_CAP = (0.5, 2.0)
 SIZE_MIN_CASES = 10
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from autoseg.atomic import read_json, write_json
 
 PLANS_VERSION = 1
+# nnU-Net's scaling-augmentation range (sampling-grid factors); a configuration's
+# ``scale_range`` of None means this one
+DEFAULT_SCALE_RANGE = (0.7, 1.4)
 
 
 @dataclass

@@ -26,6 +26,8 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from batchgenerators.augmentations.utils import (create_zero_centered_coordinate_mesh, rotate_coords_2d,
                                                  rotate_coords_3d)
 
+from autoseg.planners.plans import DEFAULT_SCALE_RANGE
+
 Batch = dict[str, Any]
 
 
@@ -336,7 +338,6 @@ def _two_sided(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 
 
 AUGMENTATION_STRENGTHS = ("full", "light")
-DEFAULT_SCALE_RANGE = (0.7, 1.4)  # nnU-Net's
 
 
 def build_train_transforms(patch_size: Sequence[int], dim: int, anisotropic: bool,
