@@ -327,7 +327,7 @@ def test_size_scale_range_widens_only_beyond_the_default():
     homogeneous = 40.0 * rng.uniform(0.85, 1.2, 50)
     assert size_scale_range(homogeneous) is None
     # one case twice the median (ACDC's patient057 under its nominal spacing): zoom in to 0.5
-    spread = np.concatenate([homogeneous, [80.0 * 1.0, 26.0]])
+    spread = np.concatenate([homogeneous, [80.0, 26.0]])
     lo, hi = size_scale_range(spread)
     assert lo == pytest.approx(np.median(spread) / 80.0, abs=1e-3) and lo < DEFAULT_SCALE_RANGE[0]
     assert hi == pytest.approx(np.median(spread) / 26.0, abs=1e-3) and hi > DEFAULT_SCALE_RANGE[1]

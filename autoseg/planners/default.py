@@ -9,6 +9,7 @@ Each decision is one method, so a subclass changes one rule (see ``documentation
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -57,6 +58,9 @@ MIRROR_MIN_CASES = 10
 SCALE_RANGE_CAP = (0.5, 2.0)
 SIZE_MIN_CASES = 10
 
+if TYPE_CHECKING:
+    from autoseg.fingerprint.fingerprint import CaseFingerprint
+
 
 def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MIRROR_SIDE_AGREEMENT,
                   min_cases: int = MIRROR_MIN_CASES) -> list[int]:
@@ -84,7 +88,7 @@ def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MI
     return sorted(oriented)
 
 
-def object_sizes(cases: list, in_plane: bool) -> np.ndarray:
+def object_sizes(cases: Sequence[CaseFingerprint], in_plane: bool) -> np.ndarray:
     """Per case, the linear size in mm of its foreground (every label but 0 together).
 
     ``in_plane``: the square root of the mean foreground area per slice (slices of the cropped
