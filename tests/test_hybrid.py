@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from autoseg.networks import ARCHITECTURES, deep_supervision_scales
-from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d, NeighbourhoodAggregation, ResidualBlock3d
+from autoseg.networks.hybrid_unet import (
+    HybridUNet,
+    HybridUNetNo3d,
+    NeighbourhoodAggregation,
+    ResidualBlock3d,
+    SkipModule,
+)
 from autoseg.networks.layers import InstanceNorm
 from autoseg.planners.plans import NetworkTopology
 
@@ -69,17 +75,33 @@ def _slice_influence(net: torch.nn.Module, k: int) -> np.ndarray:
     return d.numpy()
 
 
-def _activate_aggregation(net: torch.nn.Module) -> None:
-    # the aggregation starts as the identity (zero-initialised scale); give it weight for the test
+def _activate_skip_modules(net: torch.nn.Module) -> None:
+    # both skip blocks start as the identity (zero-initialised scale); give them weight for the test
     for m in net.modules():
-        if isinstance(m, NeighbourhoodAggregation):
-            m.project[0].weight.data.normal_(0, 0.1)
+        last = m.project if isinstance(m, NeighbourhoodAggregation) else m.restore if isinstance(m, ResidualBlock3d) else None
+        if last is not None:
+            last[0].weight.data.normal_(0, 0.1)
+            last[1].weight.data.fill_(1.0)
+
+
+def test_skip_modules_start_as_the_identity():
+    torch.manual_seed(0)
+    net = HybridUNet(1, 2, TOPO)
+    skips = [m for m in net.skips if isinstance(m, SkipModule)]
+    assert len(skips) == 1
+    # the encoder hands on LeakyReLU outputs; on non-negative ones the fresh module changes nothing
+    x = torch.rand(2, TOPO.features_per_stage[2], 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(skips[0](x), x)
+    _activate_skip_modules(net)
+    with torch.no_grad():
+        assert not torch.allclose(skips[0](x), x)
 
 
 def test_skip_modules_mix_slices_and_ablation_does_not():
     torch.manual_seed(0)
     full = HybridUNet(1, 2, TOPO)
-    _activate_aggregation(full)
+    _activate_skip_modules(full)
     d = _slice_influence(full, 3)
     assert d[4] > 1e-4 and d[2] > 1e-4  # neighbours see the change
     torch.manual_seed(0)
@@ -131,15 +153,22 @@ def test_planner_emits_3d_hybrid_on_anisotropic_and_when_forced(tmp_path):
     plans = DefaultPlanner(fp, profile="cpu").plan()
     hyb = plans.configuration("3d_hybrid")
     assert hyb.trainer == "hybrid" and hyb.anisotropic
-    assert hyb.patch_size[0] == hyb.median_shape[0] <= 6  # every slice of the median image
+    assert hyb.patch_size[0] == min(hyb.median_shape[0], 5)  # the aggregation's thickest window
     assert all(k[0] == 1 for k in hyb.network.kernel_sizes) and all(s[0] == 1 for s in hyb.network.strides)
 
-    iso = _fingerprint(tmp_path / "i", (1.0, 1.0, 1.0), shape=(30, 24, 24))  # > 20 slices: depth 16
+    iso = _fingerprint(tmp_path / "i", (1.0, 1.0, 1.0), shape=(30, 24, 24))
     assert "3d_hybrid" not in DefaultPlanner(iso, profile="cpu").plan().configurations
     planner = DefaultPlanner(iso, profile="cpu")
     planner.force_hybrid = True
     forced = planner.plan().configuration("3d_hybrid")
-    assert forced.patch_size[0] == 16 and all(s[0] == 1 for s in forced.network.strides)
+    assert forced.patch_size[0] == 5 and all(s[0] == 1 for s in forced.network.strides)
+
+
+def test_patch_slices_match_the_thickest_neighbourhood():
+    from autoseg.networks.hybrid_unet import NEIGHBOURHOOD_THICKNESSES
+    from autoseg.planners.default import HYBRID_PATCH_SLICES
+
+    assert HYBRID_PATCH_SLICES == max(NEIGHBOURHOOD_THICKNESSES)
 
 
 def test_hybrid_cost_shrinks_patch_in_plane_only(tmp_path):
@@ -151,7 +180,7 @@ def test_hybrid_cost_shrinks_patch_in_plane_only(tmp_path):
     cheap = copy.copy(planner)
     cheap.budget = lambda dim: 2e8  # a tiny budget: the patch must shrink, but keep its slices
     hyb = cheap.configuration_3d_hybrid(fullres)
-    assert hyb.patch_size[0] == fullres.median_shape[0]
+    assert hyb.patch_size[0] == min(fullres.median_shape[0], 5)
     assert hyb.patch_size[1] * hyb.patch_size[2] < fullres.median_shape[1] * fullres.median_shape[2]
 
 

@@ -146,6 +146,8 @@ def test_anisotropic_plan():
     hybrid = plans.configurations["3d_hybrid"]
     assert hybrid.trainer == "hybrid" and hybrid.data_identifier == full.data_identifier
     assert all(k[0] == 1 for k in hybrid.network.kernel_sizes) and all(s[0] == 1 for s in hybrid.network.strides)
+    # 5 of the 10 slices, and the 2D profile's batch: more, thinner stacks than 3d_fullres's 4
+    assert hybrid.patch_size[0] == 5 and hybrid.batch_size >= 8 > full.batch_size
     assert plans.configurations["2d"].spacing[0] == 10.0 and plans.configurations["2d"].notes
 
 

@@ -25,7 +25,7 @@ stages below. Measured on ACDC fold 0 in 20 CPU minutes: 0.783 mean Dice from st
 0.778 from stage 1, with 1.3x the iterations (documentation/hybrid.md). Skip module of a stage with ``f`` features:
 
 * a 3D residual block (bottleneck: 1x1x1 to f/2, 3x3x3, 1x1x1 back to f; instance norm,
-  LeakyReLU, identity shortcut);
+  LeakyReLU, identity shortcut; the last norm's scale starts at 0);
 * a neighbourhood-aggregation block: mean- and max-pooling over ``n x 3 x 3`` neighbourhoods
   (stride 1, same padding) of increasing thickness ``n = 1, 3, 5`` slices, the six pooled maps
   concatenated (``6f`` channels), then an inverted bottleneck: 1x1x1 conv to ``2f``, instance
@@ -68,7 +68,8 @@ class ResidualBlock3d(nn.Module):
 
     1x1x1 (f -> f/2), 3x3x3 (f/2 -> f/2), 1x1x1 (f/2 -> f), each with instance norm, identity
     shortcut. A plain two-conv 3x3x3 block costs 54 f^2 MACs per voxel, more than the 2D
-    stage it serves (~45 f^2); this one costs ~8 f^2.
+    stage it serves (~45 f^2); this one costs ~8 f^2. :class:`HybridUNet` sets the last norm's
+    scale to 0, so the block starts as the identity (up to the LeakyReLU after the sum).
     """
 
     def __init__(self, channels: int, kernel_size: Sequence[int] = (3, 3, 3)) -> None:
@@ -225,9 +226,13 @@ class HybridUNet(nn.Module):
         self.decoder = UNetDecoder(num_classes, topo, dim, topo.n_conv_per_stage)
         self.apply(init_weights)
         for m in self.modules():
+            # Both skip blocks start as the identity (their last norm's scale is 0): the network
+            # starts as its 2D ablation and the 3D paths grow in as training finds them useful,
+            # instead of adding random inter-slice mixing to every skip from the first step.
             if isinstance(m, NeighbourhoodAggregation):
-                # the aggregation starts as the identity: early training sees the plain 2D path
                 nn.init.zeros_(m.project[1].weight)
+            elif isinstance(m, ResidualBlock3d):
+                nn.init.zeros_(m.restore[1].weight)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         check_input(x, self.dim, self.total_stride)

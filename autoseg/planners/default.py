@@ -44,10 +44,11 @@ LOWRES_SPACING_STEP = 1.05
 # batch 4, patch 40x56x40 costs 1.15e11 and runs ~0.3 s/iteration on 2 cores in bf16.
 CPU_FLOPS_PER_ITERATION = 1.4e11
 RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
-# 3d_hybrid: a median image with at most this many slices is covered whole by the patch
-# (ACDC has 6-18); deeper images get HYBRID_MIN_DEPTH slices (at most the median).
-HYBRID_ALL_SLICES_MAX = 20
-HYBRID_MIN_DEPTH = 16
+# 3d_hybrid: slices per patch, the thickest window of the network's neighbourhood aggregation
+# (autoseg.networks.hybrid_unet.NEIGHBOURHOOD_THICKNESSES), at most the median image's. The
+# budget goes to more stacks per batch rather than more slices per stack: on ACDC, batch 8 of
+# 5 slices beat batch 4 of all 10 at the same cost (documentation/hybrid.md, "Patch and batch").
+HYBRID_PATCH_SLICES = 5
 # Mirroring rule: an axis along which one class lies on the same side of another in at least
 # this fraction of the cases holding both (and at least MIRROR_MIN_CASES of them) is not mirrored.
 MIRROR_SIDE_AGREEMENT = 0.9
@@ -155,7 +156,9 @@ class DefaultPlanner(Planner):
         """(smallest batch, the one the patch is sized for; largest batch, None: only memory and
         the dataset-fraction cap limit it)."""
         if self.profile == "cpu":
-            return (4, 4) if dim == 3 else (8, 16)
+            # the hybrid's convolutions are 2D: it takes the 2D profile's batch (more, thinner
+            # stacks per step), the 3D one would give it 4 stacks of twice the slices
+            return (4, 4) if dim == 3 and not self._costing_hybrid else (8, 16)
         return 2, None
 
     def cost(self, patch: list[int], topology: NetworkTopology, batch: int) -> float:
@@ -345,12 +348,9 @@ class DefaultPlanner(Planner):
     _costing_hybrid = False
 
     def hybrid_depth(self, median_slices: int) -> int:
-        """Patch size across slices: every slice of the median image when it has at most
-        :data:`HYBRID_ALL_SLICES_MAX`, else :data:`HYBRID_MIN_DEPTH` (the skip modules see
-        +-2 slices per stage, so a few more than that already give every slice full context)."""
-        if median_slices <= HYBRID_ALL_SLICES_MAX:
-            return max(1, median_slices)
-        return HYBRID_MIN_DEPTH
+        """Patch size across slices: :data:`HYBRID_PATCH_SLICES` (the aggregation's thickest
+        window, so the centre slice sees all of it), at most the median image's slices."""
+        return max(1, min(median_slices, HYBRID_PATCH_SLICES))
 
     def configuration_3d_hybrid(self, fullres: ConfigurationPlan) -> ConfigurationPlan | None:
         """On anisotropic data (or any 3D data with ``force_hybrid``): the full-resolution data with an
