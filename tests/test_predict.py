@@ -238,3 +238,19 @@ def test_predictor_flips_only_the_axes_the_checkpoints_were_trained_with(setup, 
         torch.save(state, f)
     assert Predictor(folder, folds=(0,), device="cpu").mirror_axes == [0, 2]
     assert Predictor(folder, folds=(0, 1), device="cpu").mirror_axes == [2]  # what every fold saw
+
+
+def test_predictor_slides_the_plans_inference_patch(setup, tmp_path, monkeypatch):
+    import autoseg.inference.predictor as predictor_module
+
+    raw, ws, model = setup
+    predictor = Predictor(model, folds=(0,), device="cpu", tta=False)
+    seen = []
+    real = predictor_module.predict_sliding_window
+    monkeypatch.setattr(predictor_module, "predict_sliding_window",
+                        lambda nets, data, patch, *a, **k: seen.append(list(patch)) or real(nets, data, patch, *a, **k))
+    data = np.zeros((1, *predictor.config.patch_size), dtype=np.float32)
+    predictor.predict_preprocessed(data)
+    predictor.config.inference_patch_size = [2 * predictor.config.patch_size[0]] + predictor.config.patch_size[1:]
+    predictor.predict_preprocessed(data)
+    assert seen == [predictor.config.patch_size, predictor.config.inference_patch_size]

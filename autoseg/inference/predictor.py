@@ -293,7 +293,7 @@ class Predictor:
 
     def predict_preprocessed(self, data: np.ndarray) -> torch.Tensor:
         """``(K, z, y, x)`` probabilities on the preprocessed grid, folds averaged."""
-        return predict_sliding_window(self.networks, data, self.config.patch_size, self.config.dim,
+        return predict_sliding_window(self.networks, data, self.config.inference_patch, self.config.dim,
                                       self.plans.num_classes, overlap=self.overlap, tta=self.tta,
                                       mirror_axes=self.mirror_axes,
                                       device=self.device, autocast_dtype=self.autocast_dtype)

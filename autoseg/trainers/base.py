@@ -620,7 +620,7 @@ class Trainer:
     def _measure_forward_time(self) -> float:
         """Seconds for one eval forward pass of one patch, as sliding-window prediction runs it."""
         self.network.eval()
-        shape = (1, self.network_input_channels(), *self.config.patch_size)
+        shape = (1, self.network_input_channels(), *self.config.inference_patch)
         x = torch.randn(shape, device=self.device)
         times = []
         for _ in range(3):
@@ -661,7 +661,7 @@ class Trainer:
         voxels = 0
         for cid in self.val_ids:
             shape = list(np.load(self.preprocessed_dir / f"{cid}.npy", mmap_mode="r").shape[1:])
-            windows += count_sliding_windows(shape, self.config.patch_size, self.config.dim, self.validation_overlap)
+            windows += count_sliding_windows(shape, self.config.inference_patch, self.config.dim, self.validation_overlap)
             voxels += int(np.prod(shape))
         # Export (resampling K probability maps) and metrics: roughly 50 ns per voxel and class.
         export = voxels * self.plans.num_classes * 5e-8 + 0.1 * len(self.val_ids)
@@ -736,7 +736,7 @@ def validate_fold(network: nn.Module, plans: Plans, config: ConfigurationPlan, w
     for cid in tqdm(case_ids, desc="validation", dynamic_ncols=True, disable=None):
         data = np.load(preprocessed_dir / f"{cid}.npy")
         props = read_json(preprocessed_dir / f"{cid}.json")
-        probs = predict_sliding_window(network, data, config.patch_size, config.dim, plans.num_classes,
+        probs = predict_sliding_window(network, data, config.inference_patch, config.dim, plans.num_classes,
                                        overlap=overlap, tta=tta, device=device, autocast_dtype=autocast_dtype,
                                        mirror_axes=mirror_axes)
         probs = to_original_geometry(probs, props, plans, config)
