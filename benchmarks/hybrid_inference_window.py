@@ -20,17 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.evaluation.metrics import dice_per_label
+from autoseg.inference.export import segmentation_from_probabilities
 from autoseg.inference.predictor import Predictor
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, label_values: list[int]) -> list[float]:
-    """Dice of output index k (k >= 1) against the reference's label value ``label_values[k]``."""
-    out = []
-    for k in range(1, len(label_values)):
-        p, r = pred == k, ref == label_values[k]
-        denom = int(p.sum() + r.sum())
-        out.append(2.0 * int((p & r).sum()) / denom if denom else 1.0)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             ref = np.load(pre / f"{case}_seg.npy")
             # the slice axis (first) is cut to the case; in-plane sizes must keep the network's stride
             predictor.config.inference_patch_size = [min(window[0], data.shape[1])] + window[1:]
-            pred = predictor.predict_preprocessed(data).argmax(0).numpy()
-            scores.append(dice_per_class(pred, ref, label_values))
+            pred = segmentation_from_probabilities(predictor.predict_preprocessed(data), label_values)
+            scores.append(list(dice_per_label(ref, pred, label_values).values()))
         mean = np.mean(scores, axis=0)
         print(f"| {spec} | " + " | ".join(f"{d:.3f}" for d in mean) + f" | {mean.mean():.4f} | {time.perf_counter() - t:.0f} |",
               flush=True)

@@ -50,7 +50,7 @@ RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
 # 5 slices beat batch 4 of all 10 at the same cost (documentation/hybrid.md, "Patch and batch").
 HYBRID_PATCH_SLICES = 5
 # ... but predicts with windows of the median image's slices, up to this many: the same network
-# with every slice's full neighbourhood, and fewer, overlapping windows (ACDC: 10 slices, half the
+# with every slice's full neighbourhood, and fewer, overlapping windows (ACDC: 10 slices, ~60% of the
 # prediction time and higher Dice than 5-slice windows; documentation/hybrid.md).
 HYBRID_INFERENCE_SLICES_MAX = 20
 # Mirroring rule: an axis along which one class lies on the same side of another in at least
