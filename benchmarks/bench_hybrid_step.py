@@ -2,21 +2,25 @@
 
     python benchmarks/bench_hybrid_step.py [--steps 6] [--threads 2]
 
-One training step = forward + backward + Adam step at patch 10x96x96, batch 4, features
-16-128 over 5 stages (in-plane strides), bf16 autocast, contiguous memory, as the trainer runs it
-on a CPU; the median of ``--steps - 1`` steps after one warm-up. Rows:
+One training step = forward + backward + Adam step at the ACDC ``3d_hybrid`` plan (patch
+5x96x96, batch 9, features 16-128 over 5 stages, in-plane strides), bf16 autocast, contiguous
+memory, as the trainer runs it on a CPU. Rows are stepped in turn (A, B, C, A, B, C, ...), so
+load from other jobs falls on all of them alike; the median of ``--steps`` steps after two
+warm-up steps each. Rows:
 
-* ``hybrid``: the network as shipped (separable neighbourhood pooling);
-* ``hybrid, torch 3D pools``: the same network with ``avg_pool3d``/``max_pool3d`` (the first
-  implementation), for comparison;
-* ``hybrid, skip modules from stage 1``: ``first_skip_stage=1`` (the default until the fourth
-  session; stage 2, a quarter of the in-plane resolution, is the default now);
+* ``hybrid``: the network as shipped (aggregation pools a quarter of the channels);
+* ``hybrid, aggregation pools all channels``: ``reduction=1`` (until the seventh session);
+* ``hybrid, torch 3D pools``: separable pooling swapped for ``avg_pool3d``/``max_pool3d``
+  (the first implementation);
+* ``hybrid, skip modules from stage 1``: ``first_skip_stage=1`` (until the fourth session);
 * ``hybrid_no3d``: the ablation without skip modules.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +42,24 @@ def torch_pools(x: torch.Tensor, thicknesses) -> tuple[list[torch.Tensor], list[
     return means, maxes
 
 
-def step_time(skip: bool, steps: int, first_skip_stage: int = 2) -> float:
+def make_step(shipped_pool: bool = True, **network_kwargs) -> Callable[[], None]:
     torch.manual_seed(0)
-    net = hybrid.HybridUNet(1, 4, TOPOLOGY, skip_modules=skip, first_skip_stage=first_skip_stage)
+    net = hybrid.HybridUNet(1, 4, TOPOLOGY, **network_kwargs)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(4, 1, 10, 96, 96)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = sum(o.float().mean() for o in net(x))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    rest = sorted(times[1:])
-    return rest[len(rest) // 2]
+    x = torch.randn(9, 1, 5, 96, 96)
+
+    def step() -> None:
+        pool = hybrid.neighbourhood_pool
+        hybrid.neighbourhood_pool = pool if shipped_pool else torch_pools
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = sum(o.float().mean() for o in net(x))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        finally:
+            hybrid.neighbourhood_pool = pool
+    return step
 
 
 def main() -> None:
@@ -62,16 +68,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| network | s/step |\n|---|---|")
-    print(f"| hybrid | {step_time(True, args.steps):.2f} |", flush=True)
-    shipped = hybrid.neighbourhood_pool
-    hybrid.neighbourhood_pool = torch_pools
-    try:
-        print(f"| hybrid, torch 3D pools | {step_time(True, args.steps):.2f} |", flush=True)
-    finally:
-        hybrid.neighbourhood_pool = shipped
-    print(f"| hybrid, skip modules from stage 1 | {step_time(True, args.steps, first_skip_stage=1):.2f} |", flush=True)
-    print(f"| hybrid_no3d | {step_time(False, args.steps):.2f} |", flush=True)
+    rows = {
+        "hybrid": make_step(),
+        "hybrid, aggregation pools all channels": make_step(aggregation_reduction=1),
+        "hybrid, torch 3D pools": make_step(shipped_pool=False),
+        "hybrid, skip modules from stage 1": make_step(first_skip_stage=1),
+        "hybrid_no3d": make_step(skip_modules=False),
+    }
+    for step in rows.values():
+        step()
+        step()
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(args.steps):
+        for name, step in rows.items():
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    print("| network | s/step (median) |\n|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {statistics.median(ts):.2f} |")
 
 
 if __name__ == "__main__":

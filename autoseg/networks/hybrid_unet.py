@@ -26,11 +26,13 @@ stages below. Measured on ACDC fold 0 in 20 CPU minutes: 0.783 mean Dice from st
 
 * a 3D residual block (bottleneck: 1x1x1 to f/2, 3x3x3, 1x1x1 back to f; instance norm,
   LeakyReLU, identity shortcut; the last norm's scale starts at 0);
-* a neighbourhood-aggregation block: mean- and max-pooling over ``n x 3 x 3`` neighbourhoods
-  (stride 1, same padding) of increasing thickness ``n = 1, 3, 5`` slices, the six pooled maps
-  concatenated (``6f`` channels), then an inverted bottleneck: 1x1x1 conv to ``2f``, instance
-  norm, LeakyReLU, 1x1x1 conv back to ``f``, instance norm whose scale starts at 0 (the block
-  starts as the identity), added to its input.
+* a neighbourhood-aggregation block: a 1x1x1 conv to ``f/4`` channels, then mean- and
+  max-pooling over ``n x 3 x 3`` neighbourhoods (stride 1, same padding) of increasing
+  thickness ``n = 1, 3, 5`` slices, the six pooled maps concatenated (``1.5f`` channels), then
+  an inverted bottleneck: 1x1x1 conv to ``2f``, instance norm, LeakyReLU, 1x1x1 conv back to
+  ``f``, instance norm whose scale starts at 0 (the block starts as the identity), added to
+  its input. Pooling all ``f`` channels (``6f`` concatenated) made the step 1.5x slower for the
+  same schedule (documentation/hybrid.md, "Skip-module cost").
 
 Convolutions are ``nn.Conv3d`` with ``(1, k, k)`` kernels rather than folding Z into the
 batch for ``nn.Conv2d``: measured on the shared 2-core CPU (bf16, forward + backward, 32
@@ -52,8 +54,12 @@ from autoseg.planners.topology import HYBRID_FIRST_SKIP_STAGE
 
 NEIGHBOURHOOD_THICKNESSES = (1, 3, 5)
 # hidden width of the aggregation's inverted bottleneck, in multiples of the block's channels;
-# 2 rather than the usual 4: the 1x1x1 convs on 6f pooled channels dominate the block's CPU cost
+# 2 rather than the usual 4: the 1x1x1 convs dominate the block's CPU cost
 EXPANSION = 2
+# the aggregation pools channels // REDUCTION features: stride-1 pooling and the concatenation
+# of its six maps are memory-bound, and on all f channels they were most of the hybrid's
+# extra step time (documentation/hybrid.md, "Skip-module cost")
+REDUCTION = 4
 
 
 def in_plane_topology(topology: NetworkTopology) -> NetworkTopology:
@@ -141,27 +147,32 @@ def neighbourhood_pool(x: torch.Tensor, thicknesses: Sequence[int]) -> tuple[lis
 
 
 class NeighbourhoodAggregation(nn.Module):
-    """Mean and max over ``n x 3 x 3`` neighbourhoods (n = 1, 3, 5 slices), inverted bottleneck, residual.
+    """Reduce, mean and max over ``n x 3 x 3`` neighbourhoods (n = 1, 3, 5 slices), inverted bottleneck, residual.
 
     Output has the input's shape. Pooling is stride 1 with same padding (mean over the voxels
     inside the volume only), so a slice's output depends on up to ``max(n) // 2`` slices either side.
-    A patch with fewer slices than ``n`` pools over the slices it has.
+    A patch with fewer slices than ``n`` pools over the slices it has. The pooled features are
+    a 1x1x1 projection to ``channels // reduction`` (``reduction=1`` pools the input itself).
     """
 
     def __init__(self, channels: int, thicknesses: Sequence[int] = NEIGHBOURHOOD_THICKNESSES,
-                 expansion: int = EXPANSION) -> None:
+                 expansion: int = EXPANSION, reduction: int = REDUCTION) -> None:
         super().__init__()
         if any(n < 1 or n % 2 == 0 for n in thicknesses):
             raise ValueError(f"neighbourhood thicknesses must be odd and >= 1, got {list(thicknesses)}")
         if len(set(thicknesses)) != len(thicknesses):
             raise ValueError(f"neighbourhood thicknesses must be distinct, got {list(thicknesses)}")
+        if reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {reduction}")
         self.thicknesses = tuple(int(n) for n in thicknesses)
+        pooled = max(1, channels // reduction)
+        self.reduce = ConvNormAct(3, channels, pooled, (1, 1, 1)) if reduction > 1 else nn.Identity()
         hidden = expansion * channels
-        self.expand = ConvNormAct(3, 2 * len(self.thicknesses) * channels, hidden, (1, 1, 1))
+        self.expand = ConvNormAct(3, 2 * len(self.thicknesses) * pooled, hidden, (1, 1, 1))
         self.project = ConvNormAct(3, hidden, channels, (1, 1, 1), act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled_mean, pooled_max = neighbourhood_pool(x, self.thicknesses)
+        pooled_mean, pooled_max = neighbourhood_pool(self.reduce(x), self.thicknesses)
         return x + self.project(self.expand(torch.cat(pooled_mean + pooled_max, dim=1)))
 
 
@@ -182,8 +193,8 @@ class LargeKernelBlock(nn.Module):
 
 
 class SkipModule(nn.Sequential):
-    def __init__(self, channels: int) -> None:
-        super().__init__(ResidualBlock3d(channels), NeighbourhoodAggregation(channels))
+    def __init__(self, channels: int, aggregation_reduction: int = REDUCTION) -> None:
+        super().__init__(ResidualBlock3d(channels), NeighbourhoodAggregation(channels, reduction=aggregation_reduction))
 
 
 class HybridUNet(nn.Module):
@@ -193,13 +204,14 @@ class HybridUNet(nn.Module):
     predicted on its own). Skip modules sit on stages ``first_skip_stage`` and deeper (default 2:
     from a quarter of the in-plane resolution down; a topology with fewer stages keeps one on its
     deepest stage). ``large_kernel=True`` appends a depthwise 7x7 block to every encoder
-    stage. ``topology`` comes from the ``3d_hybrid`` configuration (in-plane strides); kernels
+    stage. ``aggregation_reduction`` divides the channels the aggregation pools (1: all of
+    them, as before the seventh session). ``topology`` comes from the ``3d_hybrid`` configuration (in-plane strides); kernels
     along z are forced to 1 whatever the topology says, strides are used as planned.
     """
 
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int = 3,
                  deep_supervision: bool = True, skip_modules: bool = True, large_kernel: bool = False,
-                 first_skip_stage: int = HYBRID_FIRST_SKIP_STAGE) -> None:
+                 first_skip_stage: int = HYBRID_FIRST_SKIP_STAGE, aggregation_reduction: int = REDUCTION) -> None:
         super().__init__()
         if dim != 3:
             raise ValueError(f"the hybrid U-Net needs 3 spatial axes (a stack of slices), got dim={dim}")
@@ -221,7 +233,7 @@ class HybridUNet(nn.Module):
         # (stride-1 pooling and 1x1x1 convs are memory-bound on a CPU), while the decoder's upper
         # stages still receive inter-slice context from the stages below.
         first = min(first_skip_stage, topo.n_stages - 1)
-        self.skips = nn.ModuleList(SkipModule(c) if skip_modules and s >= first else nn.Identity()
+        self.skips = nn.ModuleList(SkipModule(c, aggregation_reduction) if skip_modules and s >= first else nn.Identity()
                                    for s, c in enumerate(f))
         self.decoder = UNetDecoder(num_classes, topo, dim, topo.n_conv_per_stage)
         self.apply(init_weights)
