@@ -205,3 +205,24 @@ def test_mirror_axes_follow_the_plan_into_validation_and_checkpoint(tmp_path):
     # one flip axis: 2 forward passes per window, not 8
     assert t.estimate_final_validation_s() == pytest.approx(t._validation_cost_s(2))
     assert t.estimate_final_validation_s() < t._validation_cost_s(8)
+
+
+def test_tta_choice_compares_expected_cost_without_the_safety_margin(tmp_path):
+    """The 1.2x margin protects the deadline, not the TTA choice: mirroring whose expected extra
+    cost is within 5% of the budget is chosen even when the margined figure is not."""
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=20))
+    t._forward_time_s = 1.0
+    flips = 2 ** len(t.mirror_axes())
+    expected = t._validation_cost_s(flips, margin=False) - t._validation_cost_s(1, margin=False)
+    # a budget whose 5% lies between the expected and the margined extra cost
+    t.settings.time_budget_min = expected * 1.1 / (t.tta_budget_share * 60)
+    assert expected * t.validation_time_margin > t.tta_budget_share * t.settings.time_budget_min * 60
+    assert t._tta() is True
+    # the reserve still carries the margin
+    assert t.estimate_final_validation_s() == pytest.approx(t._validation_cost_s(flips))
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=expected * 0.9 / (t.tta_budget_share * 60)))
+    t._forward_time_s = 1.0
+    assert t._tta() is False
