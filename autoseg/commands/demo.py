@@ -59,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
         make_dataset(test, num_cases=args.num_test_cases, shape=(24, 32, 32), seed=1)
     _step("plan and preprocess", ["plan-and-preprocess", str(raw), *ws, "-c", "3d_fullres", "-np", "2"])
     for k in args.folds:
+        # --continue: a second demo in the same workspace resumes (or keeps) the folds it finds
+        # instead of stopping at their checkpoints; without one a fold starts from scratch
         _step(f"train fold {k}", ["train", "AutosegDemo", "3d_fullres", str(k), *ws, "--epochs", str(args.epochs),
-                                  "--iters-per-epoch", str(args.iters_per_epoch), "--time-budget", str(args.fold_minutes)])
+                                  "--iters-per-epoch", str(args.iters_per_epoch), "--time-budget", str(args.fold_minutes),
+                                  "--continue"])
     _step("find the best configuration", ["find-best-configuration", "AutosegDemo", *ws,
                                           "--folds", *[str(k) for k in args.folds]])
     predictions = data / "predictions"
