@@ -9,10 +9,14 @@ load from other jobs falls on all of them alike; the median of ``--steps`` steps
 warm-up steps each. Rows:
 
 * ``hybrid``: the network as shipped (aggregation pools a quarter of the channels);
-* ``hybrid, aggregation pools all channels``: ``reduction=1`` (until the seventh session);
+* ``hybrid, aggregation pools all channels``: ``aggregation_reduction=1`` (until the seventh
+  session);
+* ``hybrid, residual blocks only`` / ``hybrid, aggregations only`` (also with all channels
+  pooled): one of the two skip blocks replaced by the identity, to see which costs what;
 * ``hybrid, torch 3D pools``: separable pooling swapped for ``avg_pool3d``/``max_pool3d``
   (the first implementation);
-* ``hybrid, skip modules from stage 1``: ``first_skip_stage=1`` (until the fourth session);
+* ``hybrid, skip modules from stage 1`` / ``from stage 3``: ``first_skip_stage`` 1 (until the
+  fourth session) or 3 (12x12 maps and coarser);
 * ``hybrid_no3d``: the ablation without skip modules.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import autoseg.networks.hybrid_unet as hybrid
 from autoseg.planners.plans import NetworkTopology
@@ -42,9 +47,14 @@ def torch_pools(x: torch.Tensor, thicknesses) -> tuple[list[torch.Tensor], list[
     return means, maxes
 
 
-def make_step(shipped_pool: bool = True, **network_kwargs) -> Callable[[], None]:
+def make_step(shipped_pool: bool = True, drop_block: int | None = None, **network_kwargs) -> Callable[[], None]:
+    """``drop_block``: 0 replaces every skip module's residual block by the identity, 1 its aggregation."""
     torch.manual_seed(0)
     net = hybrid.HybridUNet(1, 4, TOPOLOGY, **network_kwargs)
+    if drop_block is not None:
+        for module in net.skips:
+            if isinstance(module, hybrid.SkipModule):
+                module[drop_block] = nn.Identity()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.randn(9, 1, 5, 96, 96)
 
@@ -71,8 +81,12 @@ def main() -> None:
     rows = {
         "hybrid": make_step(),
         "hybrid, aggregation pools all channels": make_step(aggregation_reduction=1),
+        "hybrid, residual blocks only": make_step(drop_block=1),
+        "hybrid, aggregations only": make_step(drop_block=0),
+        "hybrid, aggregations only, pooling all channels": make_step(drop_block=0, aggregation_reduction=1),
         "hybrid, torch 3D pools": make_step(shipped_pool=False),
         "hybrid, skip modules from stage 1": make_step(first_skip_stage=1),
+        "hybrid, skip modules from stage 3": make_step(first_skip_stage=3),
         "hybrid_no3d": make_step(skip_modules=False),
     }
     for step in rows.values():

@@ -171,6 +171,24 @@ def test_patch_slices_match_the_thickest_neighbourhood():
     assert HYBRID_PATCH_SLICES == max(NEIGHBOURHOOD_THICKNESSES)
 
 
+def test_planner_costs_the_skip_modules_the_network_builds():
+    """MACs per voxel of a stride-1 conv = its weight count: the planner's skip-module FLOPs must
+    follow the network's skip modules (a change to either shows up here)."""
+    from autoseg.planners.default import hybrid_skip_flops
+    from autoseg.planners.topology import HYBRID_FIRST_SKIP_STAGE
+
+    topo = NetworkTopology([16, 32, 64, 128], [[1, 3, 3]] * 4, [[1, 1, 1]] + [[1, 2, 2]] * 3)
+    patch, batch = [5, 64, 64], 2
+    net = HybridUNet(1, 2, topo)
+    macs, size = 0, list(patch)
+    for s, (stride, module) in enumerate(zip(topo.strides, net.skips)):
+        size = [a // b for a, b in zip(size, stride)]
+        weights = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Conv3d))
+        assert (weights > 0) == (s >= HYBRID_FIRST_SKIP_STAGE)
+        macs += weights * int(np.prod(size))
+    assert hybrid_skip_flops(topo, patch, batch) == pytest.approx(2 * 3 * macs * batch)
+
+
 def test_hybrid_cost_shrinks_patch_in_plane_only(tmp_path):
     from autoseg.planners.default import DefaultPlanner
 
