@@ -1,12 +1,14 @@
-"""Network step time of the hybrid U-Net on the ACDC ``3d_hybrid`` plan, with its pooling variants.
+"""Network step time of the hybrid U-Net on the ACDC ``3d_hybrid`` plan, with its variants.
 
     python benchmarks/bench_hybrid_step.py [--steps 6] [--threads 2]
+        [--plans documentation/examples/plans_ACDC.json] [--configuration 3d_hybrid]
+    python benchmarks/bench_hybrid_step.py --inference-batches 1 2 4
 
-One training step = forward + backward + Adam step at the ACDC ``3d_hybrid`` plan (patch
-5x96x96, batch 9, features 16-128 over 5 stages, in-plane strides), bf16 autocast, contiguous
-memory, as the trainer runs it on a CPU. Rows are stepped in turn (A, B, C, A, B, C, ...), so
-load from other jobs falls on all of them alike; the median of ``--steps`` steps after two
-warm-up steps each. Rows:
+One training step is :func:`profile_train_step.synthetic_train_step` (the trainer's CPU step:
+bf16 autocast, deep-supervision Dice + CE, backward, Adam) at the plan's patch and batch
+(ACDC: 5x96x96, batch 9, features 16-128 over 5 stages). Rows are stepped in turn
+(:func:`profile_train_step.interleaved_times`, two warm-up steps each); the median of
+``--steps`` steps. Rows:
 
 * ``hybrid``: the network as shipped (aggregation pools a quarter of the channels);
 * ``hybrid, aggregation pools all channels``: ``aggregation_reduction=1`` (until the seventh
@@ -18,12 +20,17 @@ warm-up steps each. Rows:
 * ``hybrid, skip modules from stage 1`` / ``from stage 3``: ``first_skip_stage`` 1 (until the
   fourth session) or 3 (12x12 maps and coarser);
 * ``hybrid_no3d``: the ablation without skip modules.
+
+``--inference-batches`` instead times the shipped network's eval forward pass (bf16, as
+sliding-window prediction runs it) on the plan's inference window, per window, at each batch
+size: does sending several windows per pass make each cheaper?
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import autoseg.networks.hybrid_unet as hybrid
-from autoseg.planners.plans import NetworkTopology
+from autoseg.planners.plans import ConfigurationPlan, Plans
 
-TOPOLOGY = NetworkTopology([16, 32, 64, 128, 128], [[1, 3, 3]] * 5, [[1, 1, 1]] + [[1, 2, 2]] * 4)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_train_step import REPO, interleaved_times, synthetic_train_step  # noqa: E402
 
 
 def torch_pools(x: torch.Tensor, thicknesses) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -47,57 +55,76 @@ def torch_pools(x: torch.Tensor, thicknesses) -> tuple[list[torch.Tensor], list[
     return means, maxes
 
 
-def make_step(shipped_pool: bool = True, drop_block: int | None = None, **network_kwargs) -> Callable[[], None]:
-    """``drop_block``: 0 replaces every skip module's residual block by the identity, 1 its aggregation."""
+def build(plans: Plans, config: ConfigurationPlan, drop_block: int | None = None, **network_kwargs) -> nn.Module:
+    """The planned hybrid network; ``drop_block`` 0 replaces every skip module's residual block by
+    the identity, 1 its aggregation."""
     torch.manual_seed(0)
-    net = hybrid.HybridUNet(1, 4, TOPOLOGY, **network_kwargs)
+    net = hybrid.HybridUNet(len(plans.channel_names), plans.num_classes, config.network, **network_kwargs)
     if drop_block is not None:
         for module in net.skips:
             if isinstance(module, hybrid.SkipModule):
                 module[drop_block] = nn.Identity()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(9, 1, 5, 96, 96)
+    return net
 
-    def step() -> None:
-        pool = hybrid.neighbourhood_pool
-        hybrid.neighbourhood_pool = pool if shipped_pool else torch_pools
+
+def with_torch_pools(step: Callable[[], None]) -> Callable[[], None]:
+    def patched() -> None:
+        shipped = hybrid.neighbourhood_pool
+        hybrid.neighbourhood_pool = torch_pools
         try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = sum(o.float().mean() for o in net(x))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            step()
         finally:
-            hybrid.neighbourhood_pool = pool
-    return step
+            hybrid.neighbourhood_pool = shipped
+    return patched
+
+
+def inference_times(plans: Plans, config: ConfigurationPlan, batches: list[int], repeats: int) -> None:
+    net = build(plans, config).eval()
+
+    def forward(batch: int) -> Callable[[], None]:
+        x = torch.randn(batch, len(plans.channel_names), *config.inference_patch)
+
+        def call() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                net(x)
+        return call
+
+    times = interleaved_times({str(b): forward(b) for b in batches}, repeats)
+    print(f"| windows per pass ({'x'.join(map(str, config.inference_patch))}) | s per window (median) |\n|---|---|")
+    for b in batches:
+        print(f"| {b} | {statistics.median(times[str(b)]) / b:.3f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", type=Path, default=REPO / "documentation" / "examples" / "plans_ACDC.json")
+    ap.add_argument("--configuration", default="3d_hybrid")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--inference-batches", type=int, nargs="+", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    plans = Plans.load(args.plans)
+    config = plans.configuration(args.configuration)
+    if args.inference_batches:
+        inference_times(plans, config, args.inference_batches, args.steps)
+        return
     rows = {
-        "hybrid": make_step(),
-        "hybrid, aggregation pools all channels": make_step(aggregation_reduction=1),
-        "hybrid, residual blocks only": make_step(drop_block=1),
-        "hybrid, aggregations only": make_step(drop_block=0),
-        "hybrid, aggregations only, pooling all channels": make_step(drop_block=0, aggregation_reduction=1),
-        "hybrid, torch 3D pools": make_step(shipped_pool=False),
-        "hybrid, skip modules from stage 1": make_step(first_skip_stage=1),
-        "hybrid, skip modules from stage 3": make_step(first_skip_stage=3),
-        "hybrid_no3d": make_step(skip_modules=False),
+        "hybrid": build(plans, config),
+        "hybrid, aggregation pools all channels": build(plans, config, aggregation_reduction=1),
+        "hybrid, residual blocks only": build(plans, config, drop_block=1),
+        "hybrid, aggregations only": build(plans, config, drop_block=0),
+        "hybrid, aggregations only, pooling all channels": build(plans, config, drop_block=0, aggregation_reduction=1),
+        "hybrid, torch 3D pools": build(plans, config),
+        "hybrid, skip modules from stage 1": build(plans, config, first_skip_stage=1),
+        "hybrid, skip modules from stage 3": build(plans, config, first_skip_stage=3),
+        "hybrid_no3d": build(plans, config, skip_modules=False),
     }
-    for step in rows.values():
-        step()
-        step()
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(args.steps):
-        for name, step in rows.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+    steps = {name: synthetic_train_step(plans, config, net) for name, net in rows.items()}
+    steps["hybrid, torch 3D pools"] = with_torch_pools(steps["hybrid, torch 3D pools"])
+    times = interleaved_times(steps, args.steps)
+    print(f"{args.plans.name} {args.configuration}: patch {config.patch_size}, batch {config.batch_size}, "
+          f"{args.threads} threads, median of {args.steps} steps")
     print("| network | s/step (median) |\n|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} |")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +30,12 @@ from autoseg.networks.layers import InstanceNorm
 from autoseg.planners.plans import Plans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_train_step import add_plan_arguments, plan_from_arguments, synthetic_train_step  # noqa: E402
+from profile_train_step import (  # noqa: E402
+    add_plan_arguments,
+    interleaved_times,
+    plan_from_arguments,
+    synthetic_train_step,
+)
 
 
 def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
@@ -67,15 +71,7 @@ def main() -> None:
         "instance norm, contiguous": make_step(plans, config, args.architecture, True, False),
         "group-norm form, contiguous": make_step(plans, config, args.architecture, False, False),
     }
-    for step in variants.values():  # warm-up
-        step()
-        step()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.steps):
-        for name, step in variants.items():
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved_times(variants, args.steps)
     print(f"{args.plans.name} {args.configuration} {args.architecture}, {args.threads} threads, {args.steps} steps each")
     for name, ts in times.items():
         print(f"  {name:30s} median {statistics.median(ts):.3f} s  min {min(ts):.3f} s")

@@ -11,6 +11,7 @@ self CPU time, and the share of ``aten::copy_`` (dtype and memory-layout convers
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,21 @@ def synthetic_train_step(plans: Plans, config, net: torch.nn.Module,
         opt.step()
 
     return step
+
+
+def interleaved_times(variants: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each variant, called in turn (A, B, C, A, B, C, ...) after ``warmup``
+    calls each, so that load from other jobs on a shared machine falls on all of them alike."""
+    for call in variants.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, call in variants.items():
+            t = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
 def add_plan_arguments(ap: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ stages below. Measured on ACDC fold 0 in 20 CPU minutes: 0.783 mean Dice from st
   thickness ``n = 1, 3, 5`` slices, the six pooled maps concatenated (``1.5f`` channels), then
   an inverted bottleneck: 1x1x1 conv to ``2f``, instance norm, LeakyReLU, 1x1x1 conv back to
   ``f``, instance norm whose scale starts at 0 (the block starts as the identity), added to
-  its input. Pooling all ``f`` channels (``6f`` concatenated) made the ACDC training step ~1.3x
+  its input. Pooling all ``f`` channels (``6f`` concatenated) made the ACDC training step ~1.2x
   slower (documentation/hybrid.md, "Skip-module cost").
 
 Convolutions are ``nn.Conv3d`` with ``(1, k, k)`` kernels rather than folding Z into the

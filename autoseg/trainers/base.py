@@ -21,6 +21,7 @@ What the loop does (nnU-Net's recipe unless noted):
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -657,8 +658,10 @@ class Trainer:
             return 0.0
         return self._validation_cost_s(2 ** len(self.mirror_axes()) if self._tta() else 1)
 
-    def _validation_cost_s(self, flips: int, margin: bool = True) -> float:
-        fwd = self._forward_time_s if self._forward_time_s is not None else self._measure_forward_time()
+    @functools.cached_property
+    def _validation_work(self) -> tuple[int, float]:
+        """(sliding windows, export seconds) of the final validation: the cases' shapes are read
+        once, not at every epoch's re-plan."""
         windows = 0
         voxels = 0
         for cid in self.val_ids:
@@ -666,7 +669,11 @@ class Trainer:
             windows += count_sliding_windows(shape, self.config.inference_patch, self.config.dim, self.validation_overlap)
             voxels += int(np.prod(shape))
         # Export (resampling K probability maps) and metrics: roughly 50 ns per voxel and class.
-        export = voxels * self.plans.num_classes * 5e-8 + 0.1 * len(self.val_ids)
+        return windows, voxels * self.plans.num_classes * 5e-8 + 0.1 * len(self.val_ids)
+
+    def _validation_cost_s(self, flips: int, margin: bool = True) -> float:
+        fwd = self._forward_time_s if self._forward_time_s is not None else self._measure_forward_time()
+        windows, export = self._validation_work
         return (self.validation_time_margin if margin else 1.0) * (windows * fwd * flips + export)
 
     def _deadline_for(self, reserve_s: float) -> float:
