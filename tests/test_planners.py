@@ -148,9 +148,9 @@ def test_anisotropic_plan():
     assert all(k[0] == 1 for k in hybrid.network.kernel_sizes) and all(s[0] == 1 for s in hybrid.network.strides)
     # 5 of the 10 slices, and the 2D profile's batch: more, thinner stacks than 3d_fullres's 4
     assert hybrid.patch_size[0] == 5 and hybrid.batch_size >= 8 > full.batch_size
-    # it predicts whole 10-slice stacks with the same in-plane window; nothing else sets one
-    assert hybrid.inference_patch == [10] + hybrid.patch_size[1:]
-    assert all(c.inference_patch_size is None for n, c in plans.configurations.items() if n != "3d_hybrid")
+    # it predicts with its training patch, as every configuration does
+    assert hybrid.inference_patch == hybrid.patch_size
+    assert all(c.inference_patch_size is None for c in plans.configurations.values())
     assert plans.configurations["2d"].spacing[0] == 10.0 and plans.configurations["2d"].notes
 
 
@@ -200,7 +200,8 @@ def test_lowres_only_when_fullres_patch_is_small():
 
 def test_plans_round_trip(tmp_path):
     plans = DefaultPlanner(acdc_like(), profile="gpu").plan()
-    assert plans.configurations["3d_hybrid"].inference_patch_size is not None
+    hybrid = plans.configurations["3d_hybrid"]
+    hybrid.inference_patch_size = [2 * hybrid.patch_size[0]] + hybrid.patch_size[1:]  # a user's choice survives
     plans.save(tmp_path / "plans.json")
     assert Plans.load(tmp_path / "plans.json") == plans
 

@@ -226,3 +226,36 @@ def test_tta_choice_compares_expected_cost_without_the_safety_margin(tmp_path):
     t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=expected * 0.9 / (t.tta_budget_share * 60)))
     t._forward_time_s = 1.0
     assert t._tta() is False
+
+
+def test_forward_probe_keeps_the_fastest_of_the_first_epochs_then_settles(tmp_path, monkeypatch):
+    """A slow first probe (a fresh process) must not fix the validation reserve: the first
+    epochs probe again, the fastest reading wins and the TTA choice follows it; later epochs
+    change neither, so the reserve and the final validation agree."""
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=1))
+    readings = iter([2.0, 0.05, 0.3, 0.01])
+    monkeypatch.setattr(t, "_measure_forward_time", lambda passes=3: next(readings))
+    t._refresh_forward_time()  # no probe yet: the first reading
+    assert t._forward_time_s == 2.0 and t._tta() is False  # 7 extra passes x 2 s > 5% of 60 s
+    t._refresh_forward_time()
+    assert t._forward_time_s == 0.05 and t._tta() is True  # the choice is made again
+    t._refresh_forward_time()
+    assert t._forward_time_s == 0.05  # a slower reading never raises it
+    t.epoch = t.forward_probe_epochs
+    t._refresh_forward_time()  # settled: no more probes
+    assert t._forward_time_s == 0.05 and t._tta() is True
+
+
+def test_measure_forward_time_takes_the_fastest_timed_pass(tmp_path, monkeypatch):
+    from autoseg.trainers import base
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+    t = UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", time_budget_min=1))
+    t._setup()
+    clock = iter([0.0, 5.0, 10.0, 10.5, 20.0, 20.25, 30.0, 30.75])  # warm-up 5 s, then 0.5, 0.25, 0.75
+    monkeypatch.setattr(base.time, "perf_counter", lambda: next(clock))
+    assert t._measure_forward_time(passes=3) == 0.25

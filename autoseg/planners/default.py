@@ -49,10 +49,6 @@ RGB_NAMES = {"r", "g", "b", "red", "green", "blue"}
 # budget goes to more stacks per batch rather than more slices per stack: on ACDC, batch 8 of
 # 5 slices beat batch 4 of all 10 at the same cost (documentation/hybrid.md, "Patch and batch").
 HYBRID_PATCH_SLICES = 5
-# ... but predicts with windows of the median image's slices, up to this many: the same network
-# with every slice's full neighbourhood, and fewer, overlapping windows (ACDC: 10 slices, ~60% of the
-# prediction time and higher Dice than 5-slice windows; documentation/hybrid.md).
-HYBRID_INFERENCE_SLICES_MAX = 20
 # Mirroring rule: an axis along which one class lies on the same side of another in at least
 # this fraction of the cases holding both (and at least MIRROR_MIN_CASES of them) is not mirrored.
 MIRROR_SIDE_AGREEMENT = 0.9
@@ -362,8 +358,8 @@ class DefaultPlanner(Planner):
         in-plane-only topology (no pooling and kernel 1 across the slice axis at every stage); the
         hybrid network mixes information across slices in its 3D skip modules. The patch keeps
         :meth:`hybrid_depth` slices; the budget, costed with the skip modules, shrinks it in-plane.
-        Prediction slides windows of the median image's slices (at most
-        :data:`HYBRID_INFERENCE_SLICES_MAX`) over the same in-plane size: ``inference_patch_size``."""
+        Prediction slides the training patch: the skip modules predicted worse on windows deeper
+        than the stacks they were trained on (documentation/hybrid.md, "Inference window")."""
         axis = self.coarse_axis()
         if axis is None:
             if not (self.force_hybrid and not self.fingerprint.is_2d):
@@ -378,10 +374,6 @@ class DefaultPlanner(Planner):
                 patch_depth={axis: depth})
         finally:
             self._costing_hybrid = False
-        inference_depth = max(depth, min(int(fullres.median_shape[axis]), HYBRID_INFERENCE_SLICES_MAX))
-        if inference_depth > depth:
-            config.inference_patch_size = list(config.patch_size)
-            config.inference_patch_size[axis] = inference_depth
         return config
 
     def plan_configurations(self) -> dict[str, ConfigurationPlan]:

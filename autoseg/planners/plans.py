@@ -85,10 +85,10 @@ class ConfigurationPlan:
     # object sizes spread beyond nnU-Net's default (0.7, 1.4); then light augmentation scales
     # too. None: the default range, and no scaling in light augmentation.
     scale_range: list[float] | None = None
-    # Sliding-window size at prediction and validation, when it differs from patch_size: the
-    # hybrid trains on 5 slices but predicts whole stacks (its convolutions never cross slices,
-    # so a deeper window is the same network with more context; on ACDC it scored higher in
-    # about 60% of the time). None: patch_size.
+    # Sliding-window size at prediction and validation, when it differs from patch_size. The
+    # planner leaves it None (patch_size); a user may set it. Plans from the sixth and seventh
+    # sessions set the hybrid's to whole stacks ([10, 96, 96] on ACDC), which predicted worse than
+    # its 5-slice training patch once the skip modules were trained (documentation/hybrid.md).
     inference_patch_size: list[int] | None = None
 
     @property
