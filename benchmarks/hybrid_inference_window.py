@@ -9,7 +9,8 @@ checkpoint, sliding window with overlap 0.5, mirroring TTA along the checkpoint'
 ``--tta``) once per window size, and prints the mean Dice per class on the preprocessed grid
 (the benchmark tables score in the original geometry; on ACDC the two agreed to 0.001 for the
 plan's own window) and the prediction time. A window deeper than a case is cut to its slices.
-Used in the sixth session to choose the hybrid's ``inference_patch_size`` (documentation/hybrid.md).
+Used in the sixth session to choose the hybrid's ``inference_patch_size`` (10-slice windows on ACDC)
+and in the eighth to drop it again (documentation/hybrid.md).
 """
 from __future__ import annotations
 

@@ -198,9 +198,9 @@ class Trainer:
     validation_tta: bool | None = None
     tta_budget_share = 0.05
     validation_overlap = 0.5
-    # Safety factor on the estimated final-validation time. Measured (4 runs on ACDC and
-    # Hippocampus, documentation/training.md): the estimate with this factor was 1.4-2.7x the
-    # real time, all on the safe side.
+    # Safety factor on the estimated final-validation time. With the probe retaken in the first
+    # epochs the estimate with this factor was 1.15-1.36x the real time on ACDC, 1.3-2.5x before
+    # (documentation/training.md, "Time budget").
     validation_time_margin = 1.2
     forward_probe_epochs = 5  # epochs after which the forward pass is timed again (_refresh_forward_time)
     # ``--augmentation auto`` picks light augmentation below these run lengths (resolve_augmentation).
