@@ -133,7 +133,10 @@ def test_budget_stops_inside_the_first_epoch(tmp_path):
                  "--time-budget", "0.1"]) == 0
     elapsed = time.monotonic() - t0
     log = read_json(DatasetWorkspace(tmp_path / "ws" / "Tiny").fold_dir("unet", "3d_fullres", 0) / "log.json")
-    assert len(log["epochs"]) == 1 and 0 < log["epochs"][0]["iterations"] < 100000
+    # the first epoch stops at the deadline; a probe retaken after it may shrink the validation
+    # reserve and leave time for a short second one, which stops at the new deadline
+    assert 0 < log["epochs"][0]["iterations"] < 100000
+    assert all(e["iterations"] < 100000 for e in log["epochs"])
     assert elapsed < 0.1 * 60 + 8, elapsed
 
 
