@@ -588,10 +588,11 @@ class Trainer:
             val_loss = float(np.mean(vl))
         finite = [d for d in dice if not math.isnan(d)]
         mean_dice = float(np.mean(finite)) if finite else None
-        if self.settings.time_budget_min is not None:
-            self._refresh_forward_time()
+        budgeted = self.settings.time_budget_min is not None
+        if budgeted:
+            self._refresh_forward_time()  # before the count moves on: epochs 0-4 probe
         self.epoch += 1
-        if self.settings.time_budget_min is not None:
+        if budgeted:
             self._epoch_overheads.append(time.monotonic() - t0 - train_time)
             self._replan_for_budget()
         lr = self._lr()  # after re-planning: the rate the next iteration would use
@@ -642,16 +643,16 @@ class Trainer:
     def _refresh_forward_time(self) -> None:
         """Probe the forward pass again after each of the first epochs and keep the fastest.
 
-        The probe before training ran in a fresh process and read up to 2x the steady speed
-        (ACDC hybrid: 0.11 s per window against 0.06 s), which reserved twice the validation's real
-        time. A few more single passes cost well under 1% of an epoch. Until the probe settles the
-        TTA choice is re-made with it, then it stays fixed so the reserve and the validation agree.
+        The probe before training runs in a fresh process and read up to 2x the steady time,
+        so the reserve was up to twice the real validation (documentation/training.md, "Time
+        budget"). Five more single passes are all this costs. Until the probe settles the TTA
+        choice is re-made with it; then it stays fixed, so the reserve and the validation agree.
         """
-        if self._forward_time_s is None:
-            self._forward_time_s = self._measure_forward_time()
-        elif self.epoch < self.forward_probe_epochs:
-            self._forward_time_s = min(self._forward_time_s, self._measure_forward_time(passes=1))
-            self._tta_choice = None
+        if self.epoch >= self.forward_probe_epochs:
+            return
+        reading = self._measure_forward_time(passes=1)
+        self._forward_time_s = reading if self._forward_time_s is None else min(self._forward_time_s, reading)
+        self._tta_choice = None
 
     def _tta(self) -> bool:
         if not self.mirror_axes():
