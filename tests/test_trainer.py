@@ -262,3 +262,51 @@ def test_measure_forward_time_takes_the_fastest_timed_pass(tmp_path, monkeypatch
     clock = iter([0.0, 5.0, 10.0, 10.5, 20.0, 20.25, 30.0, 30.75])  # warm-up 5 s, then 0.5, 0.25, 0.75
     monkeypatch.setattr(base.time, "perf_counter", lambda: next(clock))
     assert t._measure_forward_time(passes=3) == 0.25
+
+
+def _tiny_batch(t) -> dict:
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(2, 1, 16, 16, 16, generator=g)
+    target = [torch.randint(0, 3, (2, 1, 16 // s, 16 // s, 16 // s), generator=g) for s in (1, 2)]
+    return {"data": data, "target": target}
+
+
+def test_a_non_finite_gradient_skips_the_step_and_leaves_weights_and_adam_alone(tmp_path):
+    """One bad gradient (torch's CPU bf16 Conv3d backward can return inf/NaN) must not reach
+    the weights: Adam would carry the NaN in its moments for the rest of the run."""
+    from autoseg.trainers.unet import UNetTrainer
+
+    t = UNetTrainer(make_workspace(tmp_path, num_cases=3), "3d_fullres", 0, TrainingSettings(device="cpu"))
+    t._setup()
+    before = [p.detach().clone() for p in t.network.parameters()]
+    first = next(t.network.parameters())
+    hook = first.register_hook(lambda g: g * float("nan"))
+    t.train_step(_tiny_batch(t))
+    assert t._skipped_steps == 1
+    assert all(torch.equal(a, p) for a, p in zip(before, t.network.parameters()))
+    assert not t.optimizer.state  # no moment was updated either
+    hook.remove()
+    t.train_step(_tiny_batch(t))
+    assert t._skipped_steps == 1 and not torch.equal(before[0], first)
+    assert all(torch.isfinite(p).all() for p in t.network.parameters())
+
+
+def test_an_epoch_of_only_non_finite_steps_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import itertools
+
+    from tqdm import tqdm
+
+    from autoseg.trainers.unet import UNetTrainer
+
+    t = UNetTrainer(make_workspace(tmp_path, num_cases=3), "3d_fullres", 0,
+                    TrainingSettings(device="cpu", epochs=1, iters_per_epoch=3, val_iters=0))
+    t._setup()
+
+    def diverged(batch):
+        t._skipped_steps += 1
+        return float("nan")
+
+    monkeypatch.setattr(t, "train_step", diverged)
+    with pytest.raises(RuntimeError, match="every one of epoch 0's 3 steps had a non-finite gradient"):
+        t._run_epoch(itertools.repeat(None), None, {}, lambda it, **kw: tqdm(it, disable=True))
+    assert not (t.fold_dir / "checkpoint_latest.pt").exists()

@@ -10,7 +10,8 @@ A trainer for a new architecture is a few lines::
 What the loop does (nnU-Net's recipe unless noted):
 
 * SGD, Nesterov momentum 0.99, lr 1e-2 with polynomial decay (exponent 0.9) over the planned
-  total number of iterations, weight decay 3e-5, gradient norm clipped at 12;
+  total number of iterations, weight decay 3e-5, gradient norm clipped at 12; a step whose
+  gradient is not finite is skipped and counted (GradScaler's rule, for every precision);
 * Dice + cross-entropy with deep supervision (see :mod:`autoseg.trainers.losses`);
 * mixed precision: bf16 autocast on CPUs with native bf16, bf16 (or fp16 + GradScaler) on CUDA;
 * epochs of ``iters_per_epoch`` iterations, then ``val_iters`` validation batches of patches
@@ -265,6 +266,7 @@ class Trainer:
         self._forward_time_s: float | None = None
         self._tta_choice: bool | None = None
         self._iter_times: list[float] = []
+        self._skipped_steps = 0  # steps left out for a non-finite gradient, this epoch
         self._closables: list[Any] = []
         self._budget_info: dict[str, float] | None = None
         self._deadline: float | None = None  # monotonic time when a budgeted run must stop training
@@ -484,8 +486,16 @@ class Trainer:
             self.scaler.update()
         else:
             loss.backward()
-            nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.optimizer.step()
+            grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                # What GradScaler does for fp16 on a GPU, for bf16 and fp32 too: one non-finite
+                # gradient would turn every weight and Adam moment into NaN for good. torch 2.13's
+                # CPU bf16 Conv3d backward returns garbage, at times inf/NaN, when a 3-kernel axis
+                # is 2 voxels long (documentation/training.md, "Non-finite steps").
+                self.optimizer.zero_grad(set_to_none=True)
+                self._skipped_steps += 1
         return float(loss.detach())
 
     @torch.no_grad()
@@ -572,6 +582,13 @@ class Trainer:
                 break
         n = len(losses)
         train_time = time.monotonic() - t0
+        skipped, self._skipped_steps = self._skipped_steps, 0
+        if skipped == n:
+            raise RuntimeError(f"training diverged: every one of epoch {self.epoch}'s {n} steps had a non-finite "
+                               f"gradient (last loss {losses[-1]}), so no weight was updated; checkpoint_latest.pt "
+                               f"keeps the weights of the epoch before")
+        if skipped:
+            print(f"epoch {self.epoch}: {skipped} of {n} steps skipped (non-finite gradient)", file=sys.stderr)
         self._iter_times.append(train_time / n)
         self.on_train_epoch_end()
         val_loss, dice = None, []
@@ -599,7 +616,8 @@ class Trainer:
         record = EpochRecord(epoch=self.epoch - 1, iterations=self.iteration, train_loss=float(np.mean(losses)),
                              val_loss=val_loss, pseudo_dice=dice, mean_pseudo_dice=mean_dice,
                              smoothed_dice=self.log.smoothed(mean_dice), lr=lr,
-                             epoch_time_s=0.0, iterations_per_s=n / train_time if train_time > 0 else 0.0)
+                             epoch_time_s=0.0, iterations_per_s=n / train_time if train_time > 0 else 0.0,
+                             skipped_steps=skipped)
         is_best = self.log.add(record)
         record.epoch_time_s = time.monotonic() - t0
         self._save(ckpt.LATEST)

@@ -27,6 +27,8 @@ class EpochRecord:
     lr: float
     epoch_time_s: float
     iterations_per_s: float
+    # steps whose gradient was not finite and were left out (no weight update); see train_step
+    skipped_steps: int = 0
 
 
 @dataclass
