@@ -7,7 +7,7 @@ import torch
 
 from autoseg.atomic import read_json, write_json
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
-from autoseg.trainers.base import (TrainingSettings, count_sliding_windows, poly_lr, resolve_precision)
+from autoseg.trainers.base import TrainingSettings, count_sliding_windows, poly_lr
 from autoseg.workspace import DatasetWorkspace
 
 
@@ -39,13 +39,6 @@ def test_poly_lr_and_window_count():
     assert 0 < poly_lr(0.01, 50, 100) < 0.01 * 0.55
     assert count_sliding_windows([16, 20, 20], [16, 16, 16], 3) == 1 * 2 * 2
     assert count_sliding_windows([10, 64, 64], [32, 32], 2) == 10 * 3 * 3
-
-
-def test_precision_choice():
-    assert resolve_precision("fp32", torch.device("cpu")) == (None, False)
-    assert resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False)
-    dtype, scaler = resolve_precision("auto", torch.device("cpu"))
-    assert dtype in (None, torch.bfloat16) and scaler is False
 
 
 def test_train_end_to_end(tmp_path):

@@ -198,7 +198,7 @@ class Predictor:
     def __init__(self, model_folder: str | os.PathLike, folds: Iterable[int | str] | str = (0, 1, 2, 3, 4),
                  checkpoint: str = "final", device: str = "auto", tta: bool = True, overlap: float = 0.5,
                  precision: str = "auto") -> None:
-        from autoseg.trainers.base import resolve_device
+        from autoseg.device import resolve_device
 
         model_folder = Path(model_folder)
         plans_file = model_folder / "plans.json"
@@ -248,7 +248,7 @@ class Predictor:
     def from_networks(cls, plans: Plans, configuration: str, networks: Sequence[nn.Module], device: str = "cpu",
                       tta: bool = True, overlap: float = 0.5, precision: str = "fp32") -> "Predictor":
         """A predictor for networks already in memory (e.g. right after training)."""
-        from autoseg.trainers.base import resolve_device
+        from autoseg.device import resolve_device
 
         self = cls.__new__(cls)
         self._setup(plans, configuration, list(networks), resolve_device(device), tta, overlap, precision)
@@ -258,7 +258,7 @@ class Predictor:
 
     def _setup(self, plans: Plans, configuration: str, networks: list[nn.Module], device: torch.device,
                tta: bool, overlap: float, precision: str, mirror_axes: list[int] | None = None) -> None:
-        from autoseg.trainers.base import resolve_precision
+        from autoseg.device import resolve_precision
 
         if not 0 <= overlap < 1:
             raise UserError(f"overlap {overlap} must be in [0, 1)")

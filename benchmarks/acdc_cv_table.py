@@ -1,0 +1,99 @@
+"""Cross-validation table from runs of ``bench_acdc_configs.py`` made under several tags.
+
+    python benchmarks/acdc_cv_table.py --runs ROW:FOLD:TAG [ROW:FOLD:TAG ...] [--scratch DIR]
+
+A 20-minute run takes the whole 2-core machine, so one table's runs are made over several
+sessions, under several tags (``bench_acdc_configs.py --tag``). This gathers them: for every
+run, the raw validation scores that ``bench_acdc_configs.py`` recorded in
+``SCRATCH/TAG/table.json``, and the same validation with each class reduced to its largest
+connected component (``autoseg postprocess -i VALIDATION -o VALIDATION_lcc --per-class-lcc 1 2
+3``, then ``autoseg evaluate LABELS VALIDATION_lcc -l 1 2 3``; skipped where that summary
+exists). Prints the mean over folds per configuration (per-class Dice, mean Dice and HD95, raw
+and postprocessed, iterations) and one line per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from bench_acdc_configs import ROWS  # noqa: E402
+
+
+def parse_run(text: str) -> tuple[str, int, str]:
+    try:
+        row, fold, tag = text.split(":")
+        if row not in ROWS:
+            raise ValueError(f"unknown row {row!r} (one of {', '.join(ROWS)})")
+        return row, int(fold), tag
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROW:FOLD:TAG ({e})") from None
+
+
+def postprocessed_summary(validation: Path, labels: Path) -> dict:
+    """``summary.json`` of the validation with every class reduced to its largest component."""
+    out = validation.parent / "validation_lcc"
+    summary = out / "summary.json"
+    if not summary.is_file():
+        run = [sys.executable, "-m", "autoseg"]
+        subprocess.run(run + ["postprocess", "-i", str(validation), "-o", str(out), "--per-class-lcc", "1", "2", "3"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(run + ["evaluate", str(labels), str(out), "-l", "1", "2", "3", "-np", "2",
+                              "--file-ending", ".nii.gz"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(summary.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", type=parse_run, required=True, help="ROW:FOLD:TAG, e.g. 3d_hybrid:0:fold0_20min_s8")
+    p.add_argument("--data", type=Path, default=harness.DEFAULT_DATA_ROOT / "ACDC")
+    p.add_argument("--scratch", type=Path, default=None)
+    args = p.parse_args(argv)
+    data = harness.dataset_folder(args.data)
+    if data is None:
+        return 2
+    scratch = harness.scratch_folder(args.scratch, "acdc_configs", data)
+    runs: dict[str, list[dict]] = {}
+    lines = []
+    for row, fold, tag in args.runs:
+        table = json.loads((scratch / tag / "table.json").read_text())
+        key = f"{row}/fold_{fold}"
+        if key not in table or "mean_dice" not in table[key]:
+            print(f"error: {scratch / tag / 'table.json'} has no finished run {key}", file=sys.stderr)
+            return 2
+        raw = table[key]
+        config, trainer = ROWS[row]
+        validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
+        pp = postprocessed_summary(validation, data / "labelsTr")["mean"]
+        run = {"fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
+               "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
+               "pp_dice": float(np.mean([pp[c]["Dice"] for c in ("1", "2", "3")])),
+               "pp_hd95": float(np.mean([pp[c]["HD95"] for c in ("1", "2", "3")]))}
+        runs.setdefault(row, []).append(run)
+        lines.append(f"| {row} | {fold} | `{tag}` | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
+                     f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
+    print("| configuration (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
+          "postprocessed mean Dice | postprocessed HD95 (mm) | iterations (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row, rs in runs.items():
+        config, trainer = ROWS[row]
+        dice = np.mean([r["dice"] for r in rs], axis=0)
+        folds = ", ".join(str(r["fold"]) for r in rs)
+        print(f"| {config} ({trainer}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
+              + f" | {np.mean([r['mean_dice'] for r in rs]):.3f} | {np.mean([r['hd95'] for r in rs]):.1f}"
+              f" | {np.mean([r['pp_dice'] for r in rs]):.3f} | {np.mean([r['pp_hd95'] for r in rs]):.1f}"
+              f" | {np.mean([r['iterations'] for r in rs]):.0f} |")
+    print("\n| row | fold | tag | mean Dice | HD95 (mm) | postprocessed mean Dice | postprocessed HD95 (mm) | iterations |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
