@@ -9,7 +9,9 @@ run, the raw validation scores that ``bench_acdc_configs.py`` recorded in
 connected component (``autoseg postprocess -i VALIDATION -o VALIDATION_lcc --per-class-lcc 1 2
 3``, then ``autoseg evaluate LABELS VALIDATION_lcc -l 1 2 3``; skipped where that summary
 exists). Prints the mean over folds per configuration (per-class Dice, mean Dice and HD95, raw
-and postprocessed, iterations) and one line per run.
+and postprocessed, iterations) and one line per run. ``--compare A B`` adds a paired count per
+fold: in how many validation frames row A's mean Dice over the classes beats row B's, raw and
+postprocessed.
 """
 from __future__ import annotations
 
@@ -49,17 +51,39 @@ def postprocessed_summary(validation: Path, labels: Path) -> dict:
     return json.loads(summary.read_text())
 
 
+def case_dice(summary: Path) -> dict[str, float]:
+    """Mean Dice over the classes, per case, from an ``autoseg evaluate`` summary."""
+    cases = json.loads(summary.read_text())["per_case"]
+    return {c["case_id"]: float(np.mean([m["Dice"] for m in c["metrics"].values()])) for c in cases}
+
+
+def paired_lines(a: str, b: str, folders: dict[tuple[str, int], Path]) -> list[str]:
+    lines = []
+    for fold in sorted({f for r, f in folders if r == a} & {f for r, f in folders if r == b}):
+        cells = []
+        for sub in ("validation", "validation_lcc"):
+            da = case_dice(folders[a, fold] / sub / "summary.json")
+            db = case_dice(folders[b, fold] / sub / "summary.json")
+            diff = np.array([da[k] - db[k] for k in sorted(da.keys() & db.keys())])
+            cells += [f"{int((diff > 0).sum())} / {len(diff)}", f"{diff.mean():+.3f}"]
+        lines.append(f"| {fold} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", type=parse_run, required=True, help="ROW:FOLD:TAG, e.g. 3d_hybrid:0:fold0_20min_s8")
     p.add_argument("--data", type=Path, default=harness.DEFAULT_DATA_ROOT / "ACDC")
     p.add_argument("--scratch", type=Path, default=None)
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), choices=list(ROWS),
+                   help="per fold, frames where row A's mean Dice beats row B's")
     args = p.parse_args(argv)
     data = harness.dataset_folder(args.data)
     if data is None:
         return 2
     scratch = harness.scratch_folder(args.scratch, "acdc_configs", data)
     runs: dict[str, list[dict]] = {}
+    folders: dict[tuple[str, int], Path] = {}
     lines = []
     for row, fold, tag in args.runs:
         table = json.loads((scratch / tag / "table.json").read_text())
@@ -70,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = table[key]
         config, trainer = ROWS[row]
         validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
+        folders[row, fold] = validation.parent
         pp = postprocessed_summary(validation, data / "labelsTr")["mean"]
         run = {"fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
                "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
@@ -92,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| row | fold | tag | mean Dice | HD95 (mm) | postprocessed mean Dice | postprocessed HD95 (mm) | iterations |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    if args.compare:
+        a, b = args.compare
+        print(f"\n| fold | frames where {a} beats {b} | mean difference | the same, postprocessed | mean difference |")
+        print("|---|---|---|---|---|")
+        print("\n".join(paired_lines(a, b, folders)))
     return 0
 
 
