@@ -103,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         runs.setdefault(row, []).append(run)
         lines.append(f"| {row} | {fold} | `{tag}` | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
                      f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
-    print("| configuration (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
+    print("| row (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
           "postprocessed mean Dice | postprocessed HD95 (mm) | iterations (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row, rs in runs.items():
-        config, trainer = ROWS[row]
         dice = np.mean([r["dice"] for r in rs], axis=0)
         folds = ", ".join(str(r["fold"]) for r in rs)
-        print(f"| {config} ({trainer}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
+        print(f"| {row} ({ROWS[row][1]}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
               + f" | {np.mean([r['mean_dice'] for r in rs]):.3f} | {np.mean([r['hd95'] for r in rs]):.1f}"
               f" | {np.mean([r['pp_dice'] for r in rs]):.3f} | {np.mean([r['pp_hd95'] for r in rs]):.1f}"
               f" | {np.mean([r['iterations'] for r in rs]):.0f} |")
