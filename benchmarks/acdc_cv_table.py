@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from bench_acdc_configs import ROWS  # noqa: E402
+from bench_acdc_configs import ROWS, fold_row  # noqa: E402
 
 
 def parse_run(text: str) -> tuple[str, int, str]:
@@ -95,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         config, trainer = ROWS[row]
         validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
         folders[row, fold] = validation.parent
-        pp = postprocessed_summary(validation, data / "labelsTr")["mean"]
+        pp = fold_row(postprocessed_summary(validation, data / "labelsTr"))
         run = {"fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
                "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
-               "pp_dice": float(np.mean([pp[c]["Dice"] for c in ("1", "2", "3")])),
-               "pp_hd95": float(np.mean([pp[c]["HD95"] for c in ("1", "2", "3")]))}
+               "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]}
         runs.setdefault(row, []).append(run)
         lines.append(f"| {row} | {fold} | `{tag}` | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
                      f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")

@@ -68,7 +68,7 @@ def test_instance_norm_is_torch_instance_norm(dim):
 def test_bf16_autocast_and_channels_last(cls):
     torch.manual_seed(0)
     net = cls(1, 3, TOPO_3D, 3).to(memory_format=torch.channels_last_3d)
-    # deepest maps 4x4x4: with 2 voxels along a 3-kernel axis, torch 2.13's CPU bf16 Conv3d
+    # deepest maps 4x4x4: with z 2 voxels long under a 3-kernel, torch 2.13's CPU bf16 Conv3d
     # backward returns garbage at times (inf/NaN in 1-3 runs of 100; training.md, "Non-finite steps")
     x = torch.randn(2, 1, 8, 16, 16).contiguous(memory_format=torch.channels_last_3d)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -257,7 +257,7 @@ def test_measure_forward_time_takes_the_fastest_timed_pass(tmp_path, monkeypatch
     assert t._measure_forward_time(passes=3) == 0.25
 
 
-def _tiny_batch(t) -> dict:
+def _tiny_batch() -> dict:
     g = torch.Generator().manual_seed(0)
     data = torch.randn(2, 1, 16, 16, 16, generator=g)
     target = [torch.randint(0, 3, (2, 1, 16 // s, 16 // s, 16 // s), generator=g) for s in (1, 2)]
@@ -274,12 +274,12 @@ def test_a_non_finite_gradient_skips_the_step_and_leaves_weights_and_adam_alone(
     before = [p.detach().clone() for p in t.network.parameters()]
     first = next(t.network.parameters())
     hook = first.register_hook(lambda g: g * float("nan"))
-    t.train_step(_tiny_batch(t))
+    t.train_step(_tiny_batch())
     assert t._skipped_steps == 1
     assert all(torch.equal(a, p) for a, p in zip(before, t.network.parameters()))
     assert not t.optimizer.state  # no moment was updated either
     hook.remove()
-    t.train_step(_tiny_batch(t))
+    t.train_step(_tiny_batch())
     assert t._skipped_steps == 1 and not torch.equal(before[0], first)
     assert all(torch.isfinite(p).all() for p in t.network.parameters())
 

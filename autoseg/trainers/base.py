@@ -10,8 +10,8 @@ A trainer for a new architecture is a few lines::
 What the loop does (nnU-Net's recipe unless noted):
 
 * SGD, Nesterov momentum 0.99, lr 1e-2 with polynomial decay (exponent 0.9) over the planned
-  total number of iterations, weight decay 3e-5, gradient norm clipped at 12; a step whose
-  gradient is not finite is skipped and counted (GradScaler's rule, for every precision);
+  total number of iterations, weight decay 3e-5, gradient norm clipped at 12; in bf16 and fp32
+  a step whose gradient is not finite is skipped and counted (what GradScaler does for fp16);
 * Dice + cross-entropy with deep supervision (see :mod:`autoseg.trainers.losses`);
 * mixed precision: bf16 autocast on CPUs with native bf16, bf16 (or fp16 + GradScaler) on CUDA;
 * epochs of ``iters_per_epoch`` iterations, then ``val_iters`` validation batches of patches
@@ -413,8 +413,8 @@ class Trainer:
             else:
                 # What GradScaler does for fp16 on a GPU, for bf16 and fp32 too: one non-finite
                 # gradient would turn every weight and Adam moment into NaN for good. torch 2.13's
-                # CPU bf16 Conv3d backward returns garbage, at times inf/NaN, when a 3-kernel axis
-                # is 2 voxels long (documentation/training.md, "Non-finite steps").
+                # CPU bf16 Conv3d backward returns garbage, at times inf/NaN, when z is 2 voxels
+                # long under a 3-kernel (documentation/training.md, "Non-finite steps").
                 self.optimizer.zero_grad(set_to_none=True)
                 self._skipped_steps += 1
         return float(loss.detach())
