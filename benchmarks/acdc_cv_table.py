@@ -12,6 +12,12 @@ exists). Prints the mean over folds per configuration (per-class Dice, mean Dice
 and postprocessed, iterations) and one line per run. ``--compare A B`` adds a paired count per
 fold: in how many validation frames row A's mean Dice over the classes beats row B's, raw and
 postprocessed.
+
+``--recorded FILE`` adds runs whose scratch folders are gone (the scratch cache does not outlive
+a machine), as written by ``--save`` or kept in ``benchmarks/acdc_cv_recorded.json``: one
+record per run with the same fields as the per-run line (``dice`` = RV, MYO, LV). They enter
+the means, not the paired counts, which need the predictions. ``--save FILE`` writes every run
+of the table, recorded and measured, so that file alone regenerates the means.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,21 +77,36 @@ def paired_lines(a: str, b: str, folders: dict[tuple[str, int], Path]) -> list[s
     return lines
 
 
+def run_line(row: str, run: dict, recorded: bool = False) -> str:
+    tag = f"`{run['tag']}`" + (" (recorded)" if recorded else "")
+    return (f"| {row} | {run['fold']} | {tag} | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
+            f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", type=parse_run, required=True, help="ROW:FOLD:TAG, e.g. 3d_hybrid:0:fold0_20min_s8")
+    p.add_argument("--runs", nargs="*", type=parse_run, default=[], help="ROW:FOLD:TAG, e.g. 3d_hybrid:0:fold0_20min_s8")
     p.add_argument("--data", type=Path, default=harness.DEFAULT_DATA_ROOT / "ACDC")
     p.add_argument("--scratch", type=Path, default=None)
+    p.add_argument("--recorded", type=Path, default=None, help="JSON list of earlier runs' records (see above)")
+    p.add_argument("--save", type=Path, default=None, help="write every run's record to this JSON file")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), choices=list(ROWS),
                    help="per fold, frames where row A's mean Dice beats row B's")
     args = p.parse_args(argv)
+    if not args.runs and not args.recorded:
+        p.error("give --runs, --recorded or both")
     data = harness.dataset_folder(args.data)
     if data is None:
         return 2
     scratch = harness.scratch_folder(args.scratch, "acdc_configs", data)
     runs: dict[str, list[dict]] = {}
     folders: dict[tuple[str, int], Path] = {}
-    lines = []
+    lines: list[tuple[str, int, str]] = []
+    every: list[dict] = []
+    for run in json.loads(args.recorded.read_text()) if args.recorded else []:
+        runs.setdefault(run["row"], []).append(run)
+        every.append(run)
+        lines.append((run["row"], run["fold"], run_line(run["row"], run, recorded=True)))
     for row, fold, tag in args.runs:
         table = json.loads((scratch / tag / "table.json").read_text())
         key = f"{row}/fold_{fold}"
@@ -96,16 +118,23 @@ def main(argv: list[str] | None = None) -> int:
         validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
         folders[row, fold] = validation.parent
         pp = fold_row(postprocessed_summary(validation, data / "labelsTr"))
-        run = {"fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
+        run = {"row": row, "fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
                "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
                "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]}
         runs.setdefault(row, []).append(run)
-        lines.append(f"| {row} | {fold} | `{tag}` | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
-                     f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
+        every.append(run)
+        lines.append((row, fold, run_line(row, run)))
+    twice = sorted(k for k, n in Counter((r["row"], r["fold"]) for r in every).items() if n > 1)
+    if twice:
+        print(f"error: more than one run for {twice}; a fold must count once in a mean", file=sys.stderr)
+        return 2
+    if args.save:
+        args.save.write_text(json.dumps(every, indent=1) + "\n")
     print("| row (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
           "postprocessed mean Dice | postprocessed HD95 (mm) | iterations (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row, rs in runs.items():
+        rs.sort(key=lambda r: r["fold"])
         dice = np.mean([r["dice"] for r in rs], axis=0)
         folds = ", ".join(str(r["fold"]) for r in rs)
         print(f"| {row} ({ROWS[row][1]}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
@@ -114,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
               f" | {np.mean([r['iterations'] for r in rs]):.0f} |")
     print("\n| row | fold | tag | mean Dice | HD95 (mm) | postprocessed mean Dice | postprocessed HD95 (mm) | iterations |")
     print("|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines))
+    order = list(runs)  # rows in order of first appearance, as in the mean table
+    print("\n".join(line for _, _, line in sorted(lines, key=lambda x: (order.index(x[0]), x[1]))))
     if args.compare:
         a, b = args.compare
         print(f"\n| fold | frames where {a} beats {b} | mean difference | the same, postprocessed | mean difference |")
