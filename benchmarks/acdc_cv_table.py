@@ -17,7 +17,9 @@ postprocessed.
 a machine), as written by ``--save`` or kept in ``benchmarks/acdc_cv_recorded.json``: one
 record per run with the same fields as the per-run line (``dice`` = RV, MYO, LV). They enter
 the means, not the paired counts, which need the predictions. ``--save FILE`` writes every run
-of the table, recorded and measured, so that file alone regenerates the means.
+of the table, recorded and measured, so that file alone regenerates the means. ``--frames
+PREFIX ...`` adds, per measured run, the mean Dice over the frames whose case id starts with a
+prefix (e.g. the size outliers ``patient057 patient038``) and over the other frames.
 """
 from __future__ import annotations
 
@@ -77,9 +79,18 @@ def paired_lines(a: str, b: str, folders: dict[tuple[str, int], Path]) -> list[s
     return lines
 
 
-def run_line(row: str, run: dict, recorded: bool = False) -> str:
+def subset_line(row: str, fold: int, folder: Path, prefixes: tuple[str, ...]) -> str:
+    cells = []
+    for chosen in (True, False):  # the prefixed frames, raw then postprocessed; then the others
+        for sub in ("validation", "validation_lcc"):
+            dice = [v for k, v in case_dice(folder / sub / "summary.json").items() if k.startswith(prefixes) == chosen]
+            cells.append(f"{np.mean(dice):.3f} ({len(dice)})" if dice else "-")
+    return f"| {row} | {fold} | " + " | ".join(cells) + " |"
+
+
+def run_line(run: dict, recorded: bool = False) -> str:
     tag = f"`{run['tag']}`" + (" (recorded)" if recorded else "")
-    return (f"| {row} | {run['fold']} | {tag} | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
+    return (f"| {run['row']} | {run['fold']} | {tag} | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
             f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
 
 
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", type=Path, default=None, help="write every run's record to this JSON file")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), choices=list(ROWS),
                    help="per fold, frames where row A's mean Dice beats row B's")
+    p.add_argument("--frames", nargs="+", default=None, metavar="PREFIX",
+                   help="per measured run, mean Dice over the frames whose case id starts with a PREFIX, and over the rest")
     args = p.parse_args(argv)
     if not args.runs and not args.recorded:
         p.error("give --runs, --recorded or both")
@@ -99,14 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         return 2
     scratch = harness.scratch_folder(args.scratch, "acdc_configs", data)
-    runs: dict[str, list[dict]] = {}
+    recorded = json.loads(args.recorded.read_text()) if args.recorded else []
+    measured: list[dict] = []
     folders: dict[tuple[str, int], Path] = {}
-    lines: list[tuple[str, int, str]] = []
-    every: list[dict] = []
-    for run in json.loads(args.recorded.read_text()) if args.recorded else []:
-        runs.setdefault(run["row"], []).append(run)
-        every.append(run)
-        lines.append((run["row"], run["fold"], run_line(run["row"], run, recorded=True)))
     for row, fold, tag in args.runs:
         table = json.loads((scratch / tag / "table.json").read_text())
         key = f"{row}/fold_{fold}"
@@ -118,23 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
         folders[row, fold] = validation.parent
         pp = fold_row(postprocessed_summary(validation, data / "labelsTr"))
-        run = {"row": row, "fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
-               "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
-               "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]}
-        runs.setdefault(row, []).append(run)
-        every.append(run)
-        lines.append((row, fold, run_line(row, run)))
+        measured.append({"row": row, "fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],
+                         "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
+                         "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]})
+    every = recorded + measured
     twice = sorted(k for k, n in Counter((r["row"], r["fold"]) for r in every).items() if n > 1)
     if twice:
         print(f"error: more than one run for {twice}; a fold must count once in a mean", file=sys.stderr)
         return 2
     if args.save:
         args.save.write_text(json.dumps(every, indent=1) + "\n")
+    order = list(dict.fromkeys(r["row"] for r in every))  # rows in order of first appearance
+    every.sort(key=lambda r: (order.index(r["row"]), r["fold"]))
+    runs = {row: [r for r in every if r["row"] == row] for row in order}
     print("| row (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
           "postprocessed mean Dice | postprocessed HD95 (mm) | iterations (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row, rs in runs.items():
-        rs.sort(key=lambda r: r["fold"])
         dice = np.mean([r["dice"] for r in rs], axis=0)
         folds = ", ".join(str(r["fold"]) for r in rs)
         print(f"| {row} ({ROWS[row][1]}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
@@ -143,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
               f" | {np.mean([r['iterations'] for r in rs]):.0f} |")
     print("\n| row | fold | tag | mean Dice | HD95 (mm) | postprocessed mean Dice | postprocessed HD95 (mm) | iterations |")
     print("|---|---|---|---|---|---|---|---|")
-    order = list(runs)  # rows in order of first appearance, as in the mean table
-    print("\n".join(line for _, _, line in sorted(lines, key=lambda x: (order.index(x[0]), x[1]))))
+    print("\n".join(run_line(r, recorded=any(r is o for o in recorded)) for r in every))
     if args.compare:
         a, b = args.compare
         print(f"\n| fold | frames where {a} beats {b} | mean difference | the same, postprocessed | mean difference |")
         print("|---|---|---|---|---|")
         print("\n".join(paired_lines(a, b, folders)))
+    if args.frames:
+        print(f"\n| row | fold | {' '.join(args.frames)} (frames) | the same, postprocessed | other frames | "
+              "the same, postprocessed |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(subset_line(row, fold, folder, tuple(args.frames)) for (row, fold), folder in folders.items()))
     return 0
 
 
