@@ -1,6 +1,7 @@
 """Where a run's false islands lie: per class, the components outside the largest, and how far from the heart.
 
     python benchmarks/acdc_islands.py --runs ROW:FOLD:TAG [ROW:FOLD:TAG ...] [--far 20] [--scratch DIR]
+        [--figure OUT.png --slices CASE:Z [CASE:Z ...]]
 
 Reads the validation predictions of runs of ``bench_acdc_configs.py`` (original geometry) and
 the reference labels. For every frame and class, the predicted components other than the
@@ -10,7 +11,8 @@ distance from the reference heart (the nearest voxel of any reference class, in 
 is *far* beyond ``--far`` mm. Far islands are also split by where they sit along z: on a
 slice that holds reference heart, or on a slice above or below it. Such islands are what
 turns a good Dice into an HD95 of 100 mm, and the split says whether they come from slices
-that see the heart or from slices that do not.
+that see the heart or from slices that do not. ``--figure`` draws the named slices: the image,
+the reference and each run's prediction side by side (the runs must share the case's fold).
 """
 from __future__ import annotations
 
@@ -60,6 +62,39 @@ def islands(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray) -> list[dict
     return found
 
 
+def slice_figure(out: Path, slices: list[tuple[str, int]], images: Path, labels: Path,
+                 runs: list[tuple[str, Path]]) -> None:
+    """One row per ``(case, z)``: the image, then the reference and every run's labels over it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    colours = ListedColormap([(0, 0, 0, 0), (0.2, 0.4, 1, 0.6), (0.2, 0.9, 0.2, 0.6), (1, 0.2, 0.2, 0.6)])  # RV, MYO, LV
+    columns = [("reference", labels)] + runs
+    fig, axes = plt.subplots(len(slices), 1 + len(columns), figsize=(3 * (1 + len(columns)), 3.2 * len(slices)),
+                             squeeze=False)
+    for row, (case, z) in enumerate(slices):
+        image = read(images / f"{case}.nii.gz")[0][z]
+        for col, (title, folder) in enumerate([(f"{case}, slice {z}", None)] + columns):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray")
+            if folder is not None:
+                ax.imshow(read(folder / f"{case}.nii.gz")[0][z], cmap=colours, vmin=0, vmax=3, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=60)
+    plt.close(fig)
+
+
+def parse_slice(text: str) -> tuple[str, int]:
+    case, _, z = text.rpartition(":")
+    if not case or not z.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CASE:Z, e.g. patient007_frame01:3")
+    return case, int(z)
+
+
 def run_lines(row: str, fold: int, validation: Path, labels: Path, far: float) -> list[str]:
     cases = sorted(validation.glob("*.nii.gz"))
     per_frame = {}
@@ -83,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=harness.DEFAULT_DATA_ROOT / "ACDC")
     p.add_argument("--scratch", type=Path, default=None)
     p.add_argument("--far", type=float, default=20.0, help="an island farther than this from the reference heart (mm) is far")
+    p.add_argument("--figure", type=Path, default=None, help="draw --slices of every run to this PNG")
+    p.add_argument("--slices", nargs="+", type=parse_slice, default=[], metavar="CASE:Z")
     args = p.parse_args(argv)
+    if bool(args.figure) != bool(args.slices):
+        p.error("--figure and --slices go together")
     data = harness.dataset_folder(args.data)
     if data is None:
         return 2
@@ -91,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| row | fold | islands | far (> {args.far:g} mm) | frames with a far island | far volume (ml) | "
           "far, on slices without heart | median far distance (mm) |")
     print("|---|---|---|---|---|---|---|---|")
+    drawn = []
     for row, fold, tag in args.runs:
         config, trainer = ROWS[row]
         validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
@@ -98,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no validation predictions in {validation}", file=sys.stderr)
             return 2
         print("\n".join(run_lines(row, fold, validation, data / "labelsTr", args.far)))
+        drawn.append((f"{row} ({trainer}), fold {fold}", validation))
+    if args.figure:
+        slice_figure(args.figure, args.slices, data / "imagesTr", data / "labelsTr", drawn)
+        print(f"wrote {args.figure}")
     return 0
 
 
