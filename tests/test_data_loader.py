@@ -132,3 +132,22 @@ def test_missing_case_is_a_user_error(cases3d):
 
     with pytest.raises(UserError, match="nope.npy"):
         PatchSampler(cases3d, ["c0", "nope"], (8, 8, 8), dim=3, batch_size=2)
+
+
+def test_random_patches_are_flush_with_an_edge_as_often_as_asked(tmp_path):
+    write_case(tmp_path, "c", (12, 40, 30), with_fg=False)
+    shape, patch = (12, 40, 30), (4, 8, 8)
+    for flush in (0.0, 0.5):
+        s = PatchSampler(tmp_path, ["c"], patch, dim=3, batch_size=1, oversample_foreground=0.0, edge_flush=flush)
+        rng = np.random.default_rng(0)
+        corners = np.array([[c - p // 2 for c, p in zip(s.sample_locations(rng)[0].center, patch)] for _ in range(2000)])
+        hi = np.array(shape) - np.array(patch)
+        assert (corners >= 0).all() and (corners <= hi).all()  # never sticks out: no padding wasted
+        at_ends = ((corners == 0) | (corners == hi)).mean(axis=0)
+        uniform = 2 / (hi + 1)  # the two end positions out of hi + 1
+        np.testing.assert_allclose(at_ends, flush + (1 - flush) * uniform, atol=0.04)
+
+
+def test_edge_flush_must_be_a_probability(cases3d):
+    with pytest.raises(ValueError, match="probability"):
+        PatchSampler(cases3d, ["c0"], (8, 8, 8), dim=3, batch_size=1, edge_flush=1.5)

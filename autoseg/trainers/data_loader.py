@@ -22,6 +22,11 @@ import numpy as np
 
 from autoseg.cli import UserError
 
+# Probability that a random (not foreground-forced) patch sits flush with one end of an axis.
+# Off: on ACDC it removed most of the hybrid's far islands but cost Dice near the heart
+# (documentation/hybrid.md, "Islands"); not yet measured on every fold and row.
+EDGE_FLUSH = 0.0
+
 
 @dataclass(frozen=True)
 class PatchLocation:
@@ -40,11 +45,22 @@ class PatchSampler:
 
     The last ``round(batch_size * oversample_foreground)`` samples of every batch (at least one
     when oversampling is on) are centred, with jitter, on a random voxel of a random
-    foreground class listed in the case's ``class_locations``; the rest are uniform.
+    foreground class listed in the case's ``class_locations``; the rest lie inside the volume
+    (where it is larger than the patch), along each axis flush with one of its two ends with
+    probability ``edge_flush``, at a uniform position otherwise.
+
+    Why the ends: a uniform position inside the volume covers a voxel at the volume's edge
+    with probability 1 / (n - p + 1), under 1% for a 96-voxel patch on a 224-voxel axis
+    against ~75% in the middle, while sliding-window inference tiles every edge. Small-patch
+    networks trained that way took arms at the edge of ACDC's field of view for hearts
+    (documentation/hybrid.md, "Islands"). A flush patch covers an edge without padding a
+    voxel, as an inference window there does. ``edge_flush=0`` (the default,
+    :data:`EDGE_FLUSH`) draws exactly what the sampler drew before the option existed.
     """
 
     def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int], dim: int,
-                 batch_size: int, oversample_foreground: float = 0.33, seed: int = 0) -> None:
+                 batch_size: int, oversample_foreground: float = 0.33, seed: int = 0,
+                 edge_flush: float = EDGE_FLUSH) -> None:
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
         if len(patch_size) != dim:
@@ -57,6 +73,9 @@ class PatchSampler:
         self.dim = dim
         self.batch_size = int(batch_size)
         self.oversample_foreground = float(oversample_foreground)
+        if not 0.0 <= edge_flush <= 1.0:
+            raise ValueError(f"edge_flush is a probability, got {edge_flush}")
+        self.edge_flush = float(edge_flush)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -140,6 +159,9 @@ class PatchSampler:
                 v = int(voxel[ax])
                 jitter = int(rng.integers(-(p // 6), p // 6 + 1))
                 corner = int(np.clip(v - p // 2 + jitter, min(lo, v - (3 * p) // 4), max(hi, v - p // 4)))
+            elif self.edge_flush > 0 and lo == 0 < hi and rng.random() < self.edge_flush:
+                # only along an axis longer than the patch; a shorter one is padded as before
+                corner = lo if rng.random() < 0.5 else hi
             else:
                 corner = int(rng.integers(lo, hi + 1))
             center[ax] = corner + p // 2
