@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.save:
         args.save.write_text(json.dumps(every, indent=1) + "\n")
-    order = list(dict.fromkeys(r["row"] for r in every))  # rows in order of first appearance
+    order = [row for row in ROWS if any(r["row"] == row for r in every)]  # the order, ablation last
     every.sort(key=lambda r: (order.index(r["row"]), r["fold"]))
     runs = {row: [r for r in every if r["row"] == row] for row in order}
     print("| row (trainer) | folds | RV Dice | MYO Dice | LV Dice | mean Dice | HD95 (mm) | "
