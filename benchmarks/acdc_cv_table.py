@@ -47,6 +47,12 @@ def parse_run(text: str) -> tuple[str, int, str]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected ROW:FOLD:TAG ({e})") from None
 
 
+def validation_folder(scratch: Path, dataset: str, row: str, fold: int, tag: str) -> Path:
+    """Where ``bench_acdc_configs.py --tag TAG`` left one row and fold's validation predictions."""
+    config, trainer = ROWS[row]
+    return scratch / tag / "workspace" / dataset / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
+
+
 def postprocessed_summary(validation: Path, labels: Path) -> dict:
     """``summary.json`` of the validation with every class reduced to its largest component."""
     out = validation.parent / "validation_lcc"
@@ -122,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {scratch / tag / 'table.json'} has no finished run {key}", file=sys.stderr)
             return 2
         raw = table[key]
-        config, trainer = ROWS[row]
-        validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
+        validation = validation_folder(scratch, data.name, row, fold, tag)
         folders[row, fold] = validation.parent
         pp = fold_row(postprocessed_summary(validation, data / "labelsTr"))
         measured.append({"row": row, "fold": fold, "tag": tag, "dice": [raw["per_class"][c]["Dice"] for c in ("1", "2", "3")],

@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from acdc_cv_table import parse_run  # noqa: E402
+from acdc_cv_table import parse_run, validation_folder  # noqa: E402
 from bench_acdc_configs import ROWS  # noqa: E402
 
 CLASSES = {1: "RV", 2: "MYO", 3: "LV"}
@@ -95,21 +95,20 @@ def parse_slice(text: str) -> tuple[str, int]:
     return case, int(z)
 
 
-def run_lines(row: str, fold: int, validation: Path, labels: Path, far: float) -> list[str]:
-    cases = sorted(validation.glob("*.nii.gz"))
-    per_frame = {}
-    for case in cases:
+def run_line(row: str, fold: int, validation: Path, labels: Path, far: float) -> str:
+    """The table line of one run: its islands, the far ones by class, frames, volume, slices, distance."""
+    per_frame = []
+    for case in sorted(validation.glob("*.nii.gz")):
         pred, spacing = read(case)
-        ref, _ = read(labels / case.name)
-        per_frame[case.name[: -len(".nii.gz")]] = islands(pred, ref, spacing)
-    every = [i for found in per_frame.values() for i in found]
+        per_frame.append(islands(pred, read(labels / case.name)[0], spacing))
+    every = [i for found in per_frame for i in found]
     far_ones = [i for i in every if i["mm"] > far]
-    frames = sum(any(i["mm"] > far for i in found) for found in per_frame.values())
+    frames = sum(any(i["mm"] > far for i in found) for found in per_frame)
     by_class = ", ".join(f"{name} {sum(i['class'] == name for i in far_ones)}" for name in CLASSES.values())
     off = sum(i["off_heart_slices"] for i in far_ones)
-    return [f"| {row} | {fold} | {len(every)} | {len(far_ones)} ({by_class}) | {frames} / {len(cases)} | "
+    return (f"| {row} | {fold} | {len(every)} | {len(far_ones)} ({by_class}) | {frames} / {len(per_frame)} | "
             f"{sum(i['ml'] for i in far_ones):.1f} | {off} / {len(far_ones)} | "
-            f"{np.median([i['mm'] for i in far_ones]) if far_ones else 0:.0f} |"]
+            f"{np.median([i['mm'] for i in far_ones]) if far_ones else 0:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,13 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     drawn = []
     for row, fold, tag in args.runs:
-        config, trainer = ROWS[row]
-        validation = scratch / tag / "workspace" / data.name / "results" / f"{trainer}__{config}" / f"fold_{fold}" / "validation"
+        validation = validation_folder(scratch, data.name, row, fold, tag)
         if not validation.is_dir():
             print(f"error: no validation predictions in {validation}", file=sys.stderr)
             return 2
-        print("\n".join(run_lines(row, fold, validation, data / "labelsTr", args.far)))
-        drawn.append((f"{row} ({trainer}), fold {fold}", validation))
+        print(run_line(row, fold, validation, data / "labelsTr", args.far))
+        drawn.append((f"{row} ({ROWS[row][1]}), fold {fold}", validation))
     if args.figure:
         slice_figure(args.figure, args.slices, data / "imagesTr", data / "labelsTr", drawn)
         print(f"wrote {args.figure}")
