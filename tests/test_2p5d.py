@@ -39,6 +39,18 @@ def test_sampler_stacks_neighbours_and_centre_label(tmp_path):
     assert b.shape == (2, 6, 8, 8) and t.shape == (2, 1, 8, 8)
 
 
+def test_sampler_passes_edge_flush_on(tmp_path):
+    from autoseg.trainers.data_loader import ContextSlicePatchSampler
+
+    _write_case(tmp_path, "c", np.zeros((1, 5, 20, 20), np.float32), np.zeros((5, 20, 20), np.int16))
+    s = ContextSlicePatchSampler(tmp_path, ["c"], (8, 8), 4, context_slices=3, oversample_foreground=0,
+                                 edge_flush=1.0)
+    rng = np.random.default_rng(0)
+    centres = {loc.center[a] for loc in s.sample_locations(rng) for a in (1, 2)}
+    # flush with either end of y and x: the patch's centre 4 voxels in from the edge
+    assert s.edge_flush == 1.0 and centres <= {4, 16}
+
+
 def test_sliding_window_equals_manual_stacking():
     from autoseg.inference.sliding_window import predict_sliding_window
 

@@ -151,6 +151,8 @@ def test_anisotropic_plan():
     # it predicts with its training patch, as every configuration does
     assert hybrid.inference_patch == hybrid.patch_size
     assert all(c.inference_patch_size is None for c in plans.configurations.values())
+    # uniform patch positions: edge-flush patches did not pay on ACDC (documentation/hybrid.md)
+    assert all(c.edge_flush == 0.0 for c in plans.configurations.values())
     assert plans.configurations["2d"].spacing[0] == 10.0 and plans.configurations["2d"].notes
 
 
@@ -204,6 +206,13 @@ def test_plans_round_trip(tmp_path):
     hybrid.inference_patch_size = [2 * hybrid.patch_size[0]] + hybrid.patch_size[1:]  # a user's choice survives
     plans.save(tmp_path / "plans.json")
     assert Plans.load(tmp_path / "plans.json") == plans
+
+
+def test_plans_written_before_edge_flush_load_with_uniform_patches(tmp_path):
+    plans = DefaultPlanner(acdc_like(), profile="cpu").plan().to_dict()
+    for c in plans["configurations"].values():
+        del c["edge_flush"]
+    assert all(c.edge_flush == 0.0 for c in Plans.from_dict(plans).configurations.values())
 
 
 def test_profile_resolution():

@@ -203,6 +203,18 @@ def test_mirror_axes_follow_the_plan_into_validation_and_checkpoint(tmp_path):
     assert t.estimate_final_validation_s() < t._validation_cost_s(8)
 
 
+def test_the_plans_edge_flush_reaches_the_patch_sampler(tmp_path):
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=5)
+    plans = Plans.load(ws.plans_file)
+    case = sorted(ws.root.glob("preprocessed/tiny_3d/*_seg.npy"))[0].name[:-len("_seg.npy")]
+    assert UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu")).build_sampler([case], 0).edge_flush == 0.0
+    plans.configurations["3d_fullres"].edge_flush = 0.2
+    plans.save(ws.plans_file)
+    assert UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu")).build_sampler([case], 0).edge_flush == 0.2
+
+
 def test_tta_choice_compares_expected_cost_without_the_safety_margin(tmp_path):
     """The 1.2x margin protects the deadline, not the TTA choice: mirroring whose expected extra
     cost is within 5% of the budget is chosen even when the margined figure is not."""

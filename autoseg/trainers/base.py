@@ -269,7 +269,8 @@ class Trainer:
         from autoseg.trainers.data_loader import PatchSampler
 
         return PatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size, self.config.dim,
-                            self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed)
+                            self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed,
+                            edge_flush=self.config.edge_flush)
 
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         """Endless batches ``{"data": (B, C, *patch), "target": [full-res first]}``."""

@@ -22,11 +22,6 @@ import numpy as np
 
 from autoseg.cli import UserError
 
-# Probability that a random (not foreground-forced) patch sits flush with one end of an axis.
-# Off: on ACDC it removed most of the hybrid's far islands but cost Dice near the heart
-# (documentation/hybrid.md, "Islands"); not yet measured on every fold and row.
-EDGE_FLUSH = 0.0
-
 
 @dataclass(frozen=True)
 class PatchLocation:
@@ -54,13 +49,14 @@ class PatchSampler:
     against ~75% in the middle, while sliding-window inference tiles every edge. Small-patch
     networks trained that way took arms at the edge of ACDC's field of view for hearts
     (documentation/hybrid.md, "Islands"). A flush patch covers an edge without padding a
-    voxel, as an inference window there does. ``edge_flush=0`` (the default,
-    :data:`EDGE_FLUSH`) draws exactly what the sampler drew before the option existed.
+    voxel, as an inference window there does. ``edge_flush=0`` (the default) draws
+    exactly what the sampler drew before the option existed; the plan's configuration sets it
+    (``ConfigurationPlan.edge_flush``).
     """
 
     def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int], dim: int,
                  batch_size: int, oversample_foreground: float = 0.33, seed: int = 0,
-                 edge_flush: float = EDGE_FLUSH) -> None:
+                 edge_flush: float = 0.0) -> None:
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
         if len(patch_size) != dim:
@@ -220,10 +216,12 @@ class ContextSlicePatchSampler(PatchSampler):
     """
 
     def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int],
-                 batch_size: int, context_slices: int, oversample_foreground: float = 0.33, seed: int = 0) -> None:
+                 batch_size: int, context_slices: int, oversample_foreground: float = 0.33, seed: int = 0,
+                 edge_flush: float = 0.0) -> None:
         if context_slices < 1 or context_slices % 2 == 0:
             raise ValueError(f"context_slices must be odd and >= 1, got {context_slices}")
-        super().__init__(preprocessed_dir, case_ids, patch_size, 2, batch_size, oversample_foreground, seed)
+        super().__init__(preprocessed_dir, case_ids, patch_size, 2, batch_size, oversample_foreground, seed,
+                         edge_flush=edge_flush)
         self.context_slices = int(context_slices)
 
     @property

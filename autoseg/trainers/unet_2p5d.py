@@ -33,7 +33,8 @@ class UNet2p5dTrainer(Trainer):
                             f"'{self.configuration}' is {self.config.dim}D")
         return ContextSlicePatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size,
                                         self.config.batch_size, self.context_slices,
-                                        oversample_foreground=self.oversample_foreground, seed=seed)
+                                        oversample_foreground=self.oversample_foreground, seed=seed,
+                                        edge_flush=self.config.edge_flush)
 
 
 @register_trainer("unet_2p5d_k5")
