@@ -44,6 +44,13 @@ def island_only(lab: np.ndarray) -> np.ndarray:
     return pred
 
 
+def one_voxel_missing(lab: np.ndarray) -> np.ndarray:
+    """Class 1 loses one voxel: a small error no largest-component step can undo."""
+    pred = lab.copy()
+    pred[tuple(np.argwhere(lab == 1)[0])] = 0
+    return pred
+
+
 def shifted(lab: np.ndarray) -> np.ndarray:
     return np.roll(lab, 2, axis=2)
 
@@ -107,6 +114,39 @@ def test_foreground_lcc_kept_when_it_helps(tmp_path):
     assert saved["selected"] == sel
     assert (ws.root / "find_best_report.md").read_text().count("unet__3d_fullres") >= 1
     assert (ws.root / "find_best.png").stat().st_size > 1000
+
+
+def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
+    """One model is nearly perfect and cannot be improved; the other leaves an island that
+    postprocessing removes, after which it is perfect. Raw Dice prefers the first, the
+    postprocessed Dice (the default ranking) the second."""
+    ws = make_workspace(tmp_path, one_voxel_missing, island_only)
+    result = find_best_configuration(ws, progress=False)
+    names = {c["name"]: c for c in result["candidates"]}
+    nearly, islands = names["unet__3d_fullres"], names["unet__2d"]
+    assert nearly["mean_dice"] > islands["mean_dice"]
+    assert islands["postprocessed_mean_dice"] == pytest.approx(1.0)
+    assert nearly["postprocessed_mean_dice"] == nearly["mean_dice"] < 1.0
+    assert nearly["postprocessing"]["per_class_largest_component"] == []  # nothing to remove
+    assert result["ranked_on"] == "postprocessed"
+    assert result["selected"]["configurations"] == [{"trainer": "unet", "configuration": "2d"}]
+    assert result["selected"]["postprocessing"] == islands["postprocessing"]
+    assert result["dice_after_postprocessing"]["mean"] == islands["postprocessed_mean_dice"]
+    # nnU-Net's ranking, on request
+    raw = find_best_configuration(ws, rank_on="raw", progress=False)
+    assert raw["ranked_on"] == "raw"
+    assert raw["selected"]["configurations"] == [{"trainer": "unet", "configuration": "3d_fullres"}]
+    assert raw["dice_before_postprocessing"]["mean"] == nearly["mean_dice"]
+    with pytest.raises(UserError, match="rank_on"):
+        find_best_configuration(ws, rank_on="hd95", progress=False)
+    # the command and its report
+    assert main(["find-best-configuration", "raw", "--workspace", str(tmp_path / "ws"), "--rank-on", "raw"]) == 0
+    assert json.loads(ws.best_configuration_file.read_text())["selected"]["name"] == "unet__3d_fullres"
+    assert main(["find-best-configuration", "raw", "--workspace", str(tmp_path / "ws")]) == 0
+    out = capsys.readouterr().out
+    assert "ranked on postprocessed" in out and "unet__2d  <- selected" in out
+    report = (ws.root / "find_best_report.md").read_text()
+    assert "ranked on postprocessed Dice" in report and "| unet__2d **(selected)** | 1.0000 |" in report
 
 
 def test_foreground_lcc_rejected_when_it_hurts(tmp_path):

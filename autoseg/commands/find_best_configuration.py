@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         help="choose the best configuration or ensemble and its postprocessing on cross-validation",
         description="Score every trained configuration (all requested folds must have validation "
                     "predictions) and every pair of them as an ensemble by cross-validated mean "
-                    "foreground Dice, then decide largest-component postprocessing on the winner. "
+                    "foreground Dice, decide largest-component postprocessing for each, and choose the "
+                    "highest postprocessed Dice (--rank-on raw: the highest before postprocessing). "
                     "Writes best_configuration.json (read by autoseg predict), find_best_report.md "
                     "and find_best.png into the dataset's workspace folder.",
     )
@@ -20,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("-t", "--trainers", nargs="+", default=None, help="only these trainers (default: all trained)")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="folds whose validation predictions to use (default 0 1 2 3 4)")
+    p.add_argument("--rank-on", choices=["postprocessed", "raw"], default="postprocessed",
+                   help="choose on the Dice after each candidate's own postprocessing (default; that is what "
+                        "predict delivers) or before it, as nnU-Net does")
     p.set_defaults(func=run)
 
 
@@ -31,13 +35,15 @@ def run(args: argparse.Namespace) -> int:
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"{ws.root}: no such dataset in the workspace; run plan-and-preprocess first")
-    result = find_best_configuration(ws, args.configurations, args.trainers, args.folds)
-    for c in sorted(result["candidates"], key=lambda c: -c["mean_dice"]):
+    result = find_best_configuration(ws, args.configurations, args.trainers, args.folds, rank_on=args.rank_on)
+    key = "postprocessed_mean_dice" if result["ranked_on"] == "postprocessed" else "mean_dice"
+    print("raw     postprocessed  candidate")
+    for c in sorted(result["candidates"], key=lambda c: -c[key]):
         mark = "  <- selected" if c["name"] == result["selected"]["name"] else ""
-        print(f"{c['mean_dice']:.4f}  {c['name']}{mark}")
+        print(f"{c['mean_dice']:.4f}  {c['postprocessed_mean_dice']:.4f}         {c['name']}{mark}")
     pp = result["selected"]["postprocessing"]
-    print(f"postprocessing: largest foreground component {'on' if pp['foreground_largest_component'] else 'off'}, "
-          f"per class {pp['per_class_largest_component'] or 'none'}; mean Dice "
-          f"{result['dice_before_postprocessing']['mean']:.4f} -> {result['dice_after_postprocessing']['mean']:.4f}")
+    print(f"ranked on {result['ranked_on']} Dice; postprocessing: largest foreground component "
+          f"{'on' if pp['foreground_largest_component'] else 'off'}, per class {pp['per_class_largest_component'] or 'none'}; "
+          f"mean Dice {result['dice_before_postprocessing']['mean']:.4f} -> {result['dice_after_postprocessing']['mean']:.4f}")
     print(f"wrote {ws.best_configuration_file} and {ws.root / 'find_best_report.md'}")
     return 0

@@ -1,4 +1,4 @@
-"""Choose what to predict with: the best configuration or pairwise ensemble, then its postprocessing.
+"""Choose what to predict with: the best configuration or pairwise ensemble, with its postprocessing.
 
 Everything is decided on cross-validation predictions, never on a test set:
 
@@ -8,9 +8,13 @@ Everything is decided on cross-validation predictions, never on a test set:
 2. Each candidate and each pair of candidates (probabilities averaged from
    ``CASE_probabilities.npy``) is scored by mean foreground Dice over all validation cases
    (mean over cases per class, then over classes) against the raw dataset's labels.
-3. On the best one, keeping only the largest foreground component is tried; it is kept only if
-   it raises the mean foreground Dice. Then, for each class, keeping only that class's largest
+3. For every candidate, keeping only the largest foreground component is tried; it is kept only
+   if it raises the mean foreground Dice. Then, for each class, keeping only that class's largest
    component is kept only if it raises that class's mean Dice.
+4. The candidate whose postprocessed Dice is highest wins (``rank_on="raw"``: the highest before
+   postprocessing, as nnU-Net ranks). What a user predicts is the postprocessed segmentation, and
+   the two rankings can disagree: a model that leaves removable islands far from the object loses
+   raw Dice it does not lose once they are removed (documentation/evaluation.md).
 
 The result is ``best_configuration.json`` (schema in ``documentation/evaluation.md``) plus a
 Markdown report with a bar chart.
@@ -34,6 +38,7 @@ from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, ensemble_prob
 from autoseg.workspace import DatasetWorkspace
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+RANK_ON = ("postprocessed", "raw")
 # A postprocessing step must beat "off" by more than float noise to be kept.
 MIN_IMPROVEMENT = 1e-6
 
@@ -141,6 +146,48 @@ def _candidate_segmentation(members: Sequence[Member], case: str) -> np.ndarray:
     return segmentation_from_probabilities(mean, members[0].label_values)
 
 
+class PostprocessingScores:
+    """Per-case Dice of one candidate without and with each largest-component step, gathered case by
+    case so that every candidate's postprocessing is decided in the one pass over the cases.
+
+    A class's own step changes only that class's voxels (they become background), so each class
+    is decided on its own Dice.
+    """
+
+    def __init__(self, labels: Sequence[int]) -> None:
+        self.labels = list(labels)
+        self.base: dict[bool, list[dict[int, float]]] = {False: [], True: []}  # foreground step off/on
+        self.own: dict[bool, list[dict[int, float]]] = {False: [], True: []}  # + that class's own step
+
+    def add(self, ref: np.ndarray, seg: np.ndarray) -> None:
+        seg_fg = np.where(keep_largest_component(seg != 0), seg, 0).astype(seg.dtype)
+        for fg, s in ((False, seg), (True, seg_fg)):
+            self.base[fg].append(dice_per_label(ref, s, self.labels))
+            own = {}
+            for v in self.labels:
+                mask = s == v
+                cleaned = np.where(mask & ~keep_largest_component(mask), 0, s).astype(s.dtype)
+                own[v] = dice_per_label(ref, cleaned, [v])[v]
+            self.own[fg].append(own)
+
+    def decide(self) -> tuple[dict, dict, dict]:
+        """(spec, before, after): which steps raise the cross-validation Dice, and the Dice either side."""
+        labels = self.labels
+        mean_off, classes_off = _mean_dice(self.base[False], labels)
+        mean_on, classes_on = _mean_dice(self.base[True], labels)
+        use_fg = mean_on > mean_off + MIN_IMPROVEMENT
+        chosen_classes = classes_on if use_fg else classes_off
+        own_mean = _mean_dice(self.own[use_fg], labels)[1]
+        keep = [v for v in labels if own_mean[str(v)] > chosen_classes[str(v)] + MIN_IMPROVEMENT]
+        final_classes = {str(v): (own_mean[str(v)] if v in keep else chosen_classes[str(v)]) for v in labels}
+        spec = {"foreground_largest_component": bool(use_fg), "per_class_largest_component": keep}
+        before = {"mean": mean_off, "per_class": classes_off}
+        after = {"mean": float(np.mean(list(final_classes.values()))), "per_class": final_classes,
+                 "foreground_step": {"mean": mean_on, "per_class": classes_on},
+                 "per_class_step": own_mean}
+        return spec, before, after
+
+
 def find_best_configuration(
     workspace: DatasetWorkspace,
     configurations: Sequence[str] | None = None,
@@ -148,8 +195,10 @@ def find_best_configuration(
     folds: Sequence[int] = DEFAULT_FOLDS,
     write: bool = True,
     progress: bool = True,
+    rank_on: str = "postprocessed",
 ) -> dict:
-    """Score candidates on cross-validation, choose one and its postprocessing; see the module docstring.
+    """Score candidates on cross-validation, decide each one's postprocessing, choose one; see the
+    module docstring. ``rank_on``: ``"postprocessed"`` (default) or ``"raw"`` Dice.
 
     Returns the ``best_configuration.json`` content (written to the workspace when ``write``),
     plus a report (``find_best_report.md``, ``find_best.png``) next to it.
@@ -158,6 +207,8 @@ def find_best_configuration(
 
     from autoseg.dataset.imageio import read_label
 
+    if rank_on not in RANK_ON:
+        raise UserError(f"rank_on must be one of {', '.join(RANK_ON)}, got {rank_on!r}")
     folds = [int(k) for k in folds]
     log: list[str] = []
     references, all_labels = reference_labels(workspace)
@@ -186,24 +237,28 @@ def find_best_configuration(
             ensemble_ready.append(m)
     candidates += list(itertools.combinations(ensemble_ready, 2))
 
-    scores: list[list[dict[int, float]]] = [[] for _ in candidates]
+    scores = [PostprocessingScores(labels) for _ in candidates]
     for case in tqdm(cases, desc="score candidates", disable=not progress):
         ref = read_label(references[case])[0]
-        for i, cand in enumerate(candidates):
+        for cand, score in zip(candidates, scores):
             seg = _candidate_segmentation(cand, case)
             if seg.shape != ref.shape:
                 raise UserError(f"{cand[0].segmentations[case]}: shape {seg.shape} differs from reference "
                                 f"{references[case]} {ref.shape}")
-            scores[i].append(dice_per_label(ref, seg, labels))
-    table = []
-    for cand, per_case in zip(candidates, scores):
-        mean, per_class = _mean_dice(per_case, labels)
+            score.add(ref, seg)
+    table, decisions = [], []
+    for cand, score in zip(candidates, scores):
+        spec, before, after = score.decide()
+        decisions.append((spec, before, after))
         name = cand[0].name if len(cand) == 1 else "ensemble(" + " + ".join(m.name for m in cand) + ")"
-        table.append({"name": name, "members": [m.as_json() for m in cand], "mean_dice": mean, "per_class_dice": per_class})
-    best_index = max(range(len(table)), key=lambda i: table[i]["mean_dice"])
+        table.append({"name": name, "members": [m.as_json() for m in cand],
+                      "mean_dice": before["mean"], "per_class_dice": before["per_class"],
+                      "postprocessing": spec, "postprocessed_mean_dice": after["mean"],
+                      "postprocessed_per_class_dice": after["per_class"]})
+    key = "postprocessed_mean_dice" if rank_on == "postprocessed" else "mean_dice"
+    best_index = max(range(len(table)), key=lambda i: table[i][key])
     best = candidates[best_index]
-
-    spec, before, after = choose_postprocessing(best, cases, references, labels, progress)
+    spec, before, after = decisions[best_index]
     result = {
         "selected": {
             "name": table[best_index]["name"],
@@ -211,6 +266,7 @@ def find_best_configuration(
             "postprocessing": spec,
             "folds": folds,
         },
+        "ranked_on": rank_on,
         "candidates": table,
         "dice_before_postprocessing": before,
         "dice_after_postprocessing": after,
@@ -224,46 +280,3 @@ def find_best_configuration(
         write_json(workspace.best_configuration_file, result)
         write_report(result, workspace.root)
     return result
-
-
-def choose_postprocessing(members: Sequence[Member], cases: Sequence[str], references: dict[str, Path],
-                          labels: Sequence[int], progress: bool = True) -> tuple[dict, dict, dict]:
-    """Decide the largest-component steps on cross-validation Dice; returns (spec, before, after).
-
-    One pass over the cases scores every variant: per class Dice without and with the
-    foreground step, and per class with that class's own step on top of either. A class's own
-    step changes only that class's voxels (they become background), so each class is decided
-    on its own Dice.
-    """
-    from tqdm import tqdm
-
-    from autoseg.dataset.imageio import read_label
-
-    base = {False: [], True: []}  # foreground step off/on -> per-case {label: dice}
-    per_class = {False: [], True: []}  # -> per-case {label: dice after that class's own step}
-    for case in tqdm(cases, desc="postprocessing", disable=not progress):
-        ref = read_label(references[case])[0]
-        seg = _candidate_segmentation(members, case)
-        foreground = seg != 0
-        seg_fg = np.where(keep_largest_component(foreground), seg, 0).astype(seg.dtype)
-        for fg, s in ((False, seg), (True, seg_fg)):
-            base[fg].append(dice_per_label(ref, s, labels))
-            own = {}
-            for v in labels:
-                mask = s == v
-                cleaned = np.where(mask & ~keep_largest_component(mask), 0, s).astype(s.dtype)
-                own[v] = dice_per_label(ref, cleaned, [v])[v]
-            per_class[fg].append(own)
-    mean_off, classes_off = _mean_dice(base[False], labels)
-    mean_on, classes_on = _mean_dice(base[True], labels)
-    use_fg = mean_on > mean_off + MIN_IMPROVEMENT
-    chosen_classes = classes_on if use_fg else classes_off
-    own_mean = _mean_dice(per_class[use_fg], labels)[1]
-    keep = [v for v in labels if own_mean[str(v)] > chosen_classes[str(v)] + MIN_IMPROVEMENT]
-    final_classes = {str(v): (own_mean[str(v)] if v in keep else chosen_classes[str(v)]) for v in labels}
-    spec = {"foreground_largest_component": bool(use_fg), "per_class_largest_component": keep}
-    before = {"mean": mean_off, "per_class": classes_off}
-    after = {"mean": float(np.mean(list(final_classes.values()))), "per_class": final_classes,
-             "foreground_step": {"mean": mean_on, "per_class": classes_on},
-             "per_class_step": own_mean}
-    return spec, before, after

@@ -11,7 +11,8 @@ CHART_NAME = "find_best.png"
 
 
 def write_chart(result: dict, path: str | os.PathLike) -> None:
-    """Grouped bars: mean foreground Dice and per-class Dice for every candidate."""
+    """Grouped bars: mean foreground Dice after and before postprocessing, and per-class Dice
+    before it, for every candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +21,8 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
 
     cands = result["candidates"]
     classes = list(cands[0]["per_class_dice"]) if cands else []
-    series = [("mean", [c["mean_dice"] for c in cands])] + [
+    series = [("mean, postprocessed", [c["postprocessed_mean_dice"] for c in cands]),
+              ("mean", [c["mean_dice"] for c in cands])] + [
         (f"label {k}", [c["per_class_dice"][k] for c in cands]) for k in classes]
     x = np.arange(len(cands))
     width = 0.8 / len(series)
@@ -40,6 +42,12 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _steps(spec: dict) -> str:
+    steps = (["largest foreground component"] if spec["foreground_largest_component"] else []) + [
+        f"largest component of label {v}" for v in spec["per_class_largest_component"]]
+    return ", ".join(steps) or "none"
+
+
 def report_markdown(result: dict) -> str:
     sel = result["selected"]
     cands = result["candidates"]
@@ -50,17 +58,22 @@ def report_markdown(result: dict) -> str:
         f"Cross-validation over folds {sel['folds']} ({result['num_cases']} cases). "
         "Mean Dice = mean over cases per class, then over foreground classes.",
         "",
-        "| candidate | mean Dice | " + " | ".join(f"label {k}" for k in classes) + " |",
-        "|---|---|" + "---|" * len(classes),
+        f"Candidates are ranked on {result['ranked_on']} Dice; each one's postprocessing is decided on its own "
+        "predictions.",
+        "",
+        "| candidate | mean Dice, postprocessed | postprocessing | mean Dice, raw | "
+        + " | ".join(f"label {k}, raw" for k in classes) + " |",
+        "|---|---|---|---|" + "---|" * len(classes),
     ]
-    for c in sorted(cands, key=lambda c: -c["mean_dice"]):
+    key = "postprocessed_mean_dice" if result["ranked_on"] == "postprocessed" else "mean_dice"
+    for c in sorted(cands, key=lambda c: -c[key]):
         mark = " **(selected)**" if c["name"] == sel["name"] else ""
-        lines.append(f"| {c['name']}{mark} | {c['mean_dice']:.4f} | "
-                     + " | ".join(f"{c['per_class_dice'][k]:.4f}" for k in classes) + " |")
+        lines.append(f"| {c['name']}{mark} | {c['postprocessed_mean_dice']:.4f} | {_steps(c['postprocessing'])} | "
+                     f"{c['mean_dice']:.4f} | " + " | ".join(f"{c['per_class_dice'][k]:.4f}" for k in classes) + " |")
     pp = sel["postprocessing"]
     lines += [
         "",
-        "## Postprocessing (decided on the selected candidate)",
+        "## Postprocessing of the selected candidate",
         "",
         f"- keep largest foreground component: {'yes' if pp['foreground_largest_component'] else 'no'}",
         f"- keep largest component per class: {pp['per_class_largest_component'] or 'none'}",
