@@ -176,3 +176,11 @@ def test_incomplete_configuration_skipped_and_fold_subset(tmp_path, capsys):
     assert json.loads(ws.best_configuration_file.read_text())["selected"]["folds"] == [0, 1]
     with pytest.raises(UserError, match="fold"):
         find_best_configuration(ws, configurations=["2d"], progress=False)
+
+
+def test_report_names_each_candidates_postprocessing_briefly():
+    from autoseg.postprocessing.report import _steps
+
+    assert _steps({"foreground_largest_component": True, "per_class_largest_component": [1, 3]}) == "foreground; labels 1, 3"
+    assert _steps({"foreground_largest_component": False, "per_class_largest_component": [2]}) == "label 2"
+    assert _steps({"foreground_largest_component": False, "per_class_largest_component": []}) == "none"

@@ -43,9 +43,11 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
 
 
 def _steps(spec: dict) -> str:
-    steps = (["largest foreground component"] if spec["foreground_largest_component"] else []) + [
-        f"largest component of label {v}" for v in spec["per_class_largest_component"]]
-    return ", ".join(steps) or "none"
+    """The largest-component steps in a few words, e.g. ``foreground; labels 1, 3``."""
+    steps = (["foreground"] if spec["foreground_largest_component"] else []) + (
+        ["label" + ("s" if len(spec["per_class_largest_component"]) > 1 else "") + " "
+         + ", ".join(str(v) for v in spec["per_class_largest_component"])] if spec["per_class_largest_component"] else [])
+    return "; ".join(steps) or "none"
 
 
 def report_markdown(result: dict) -> str:
@@ -58,8 +60,8 @@ def report_markdown(result: dict) -> str:
         f"Cross-validation over folds {sel['folds']} ({result['num_cases']} cases). "
         "Mean Dice = mean over cases per class, then over foreground classes.",
         "",
-        f"Candidates are ranked on {result['ranked_on']} Dice; each one's postprocessing is decided on its own "
-        "predictions.",
+        f"Candidates are ranked on {result['ranked_on']} Dice; each one's postprocessing (largest connected "
+        "component of the foreground and/or of single labels) is decided on its own predictions.",
         "",
         "| candidate | mean Dice, postprocessed | postprocessing | mean Dice, raw | "
         + " | ".join(f"label {k}, raw" for k in classes) + " |",
