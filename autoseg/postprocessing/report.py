@@ -22,8 +22,8 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
     cands = result["candidates"]
     classes = list(cands[0]["per_class_dice"]) if cands else []
     series = [("mean, postprocessed", [c["postprocessed_mean_dice"] for c in cands]),
-              ("mean", [c["mean_dice"] for c in cands])] + [
-        (f"label {k}", [c["per_class_dice"][k] for c in cands]) for k in classes]
+              ("mean, raw", [c["mean_dice"] for c in cands])] + [
+        (f"label {k}, raw", [c["per_class_dice"][k] for c in cands]) for k in classes]
     x = np.arange(len(cands))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cands) + 2), 4.5))
