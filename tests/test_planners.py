@@ -215,6 +215,14 @@ def test_plans_written_before_edge_flush_load_with_uniform_patches(tmp_path):
     assert all(c.edge_flush == 0.0 for c in Plans.from_dict(plans).configurations.values())
 
 
+def test_an_edge_flush_outside_0_1_names_the_plans_file(tmp_path):
+    plans = DefaultPlanner(acdc_like(), profile="cpu").plan()
+    plans.configurations["3d_hybrid"].edge_flush = 1.5
+    plans.save(tmp_path / "plans.json")
+    with pytest.raises(UserError, match=r"plans\.json: configuration '3d_hybrid' has edge_flush 1\.5"):
+        Plans.load(tmp_path / "plans.json")
+
+
 def test_profile_resolution():
     import torch
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoseg.atomic import read_json, write_json
+from autoseg.cli import UserError
 
 PLANS_VERSION = 1
 # nnU-Net's scaling-augmentation range (sampling-grid factors); a configuration's
@@ -144,7 +145,13 @@ class Plans:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plans":
-        return cls.from_dict(read_json(path))
+        plans = cls.from_dict(read_json(path))
+        for name, c in plans.configurations.items():
+            # a field users edit by hand: say which file and configuration before training starts
+            if not 0.0 <= c.edge_flush <= 1.0:
+                raise UserError(f"{path}: configuration '{name}' has edge_flush {c.edge_flush}; "
+                                 "it is a probability between 0 and 1")
+        return plans
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
