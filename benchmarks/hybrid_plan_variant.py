@@ -5,7 +5,8 @@
 
 Copies ``plans.json`` of the first folder to the second with the ``3d_hybrid`` configuration's
 patch and batch set as given (default: as planned); ``--edge-flush`` sets the probability that a
-random training patch sits flush with a volume end (``ConfigurationPlan.edge_flush``); ``--backbone-2d`` also gives it the ``2d`` configuration's network
+random training patch sits flush with a volume end (``ConfigurationPlan.edge_flush``);
+``--backbone-2d`` also gives it the ``2d`` configuration's network
 (its features and in-plane strides, lifted to 3D with kernel and stride 1 across slices);
 ``--features`` sets the features per stage (as many as the configuration has stages). Run it
 before ``bench_acdc_configs.py --tag TAG``, which keeps a plans.json it finds in its tag

@@ -29,16 +29,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoseg.cli import UserError
-    from autoseg.postprocessing.find_best import find_best_configuration
+    from autoseg.postprocessing.find_best import find_best_configuration, ranked_candidates
     from autoseg.workspace import resolve_dataset
 
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"{ws.root}: no such dataset in the workspace; run plan-and-preprocess first")
     result = find_best_configuration(ws, args.configurations, args.trainers, args.folds, rank_on=args.rank_on)
-    key = "postprocessed_mean_dice" if result["ranked_on"] == "postprocessed" else "mean_dice"
     print("raw     postprocessed  candidate")
-    for c in sorted(result["candidates"], key=lambda c: -c[key]):
+    for c in ranked_candidates(result):
         mark = "  <- selected" if c["name"] == result["selected"]["name"] else ""
         print(f"{c['mean_dice']:.4f}  {c['postprocessed_mean_dice']:.4f}         {c['name']}{mark}")
     pp = result["selected"]["postprocessing"]

@@ -38,7 +38,8 @@ from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, ensemble_prob
 from autoseg.workspace import DatasetWorkspace
 
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-RANK_ON = ("postprocessed", "raw")
+# what find-best can rank on -> the candidate field holding that Dice
+RANK_KEYS = {"postprocessed": "postprocessed_mean_dice", "raw": "mean_dice"}
 # A postprocessing step must beat "off" by more than float noise to be kept.
 MIN_IMPROVEMENT = 1e-6
 
@@ -188,6 +189,12 @@ class PostprocessingScores:
         return spec, before, after
 
 
+def ranked_candidates(result: dict) -> list[dict]:
+    """A find-best result's candidates, best first, by the Dice it ranked on."""
+    key = RANK_KEYS[result["ranked_on"]]
+    return sorted(result["candidates"], key=lambda c: -c[key])
+
+
 def find_best_configuration(
     workspace: DatasetWorkspace,
     configurations: Sequence[str] | None = None,
@@ -207,8 +214,8 @@ def find_best_configuration(
 
     from autoseg.dataset.imageio import read_label
 
-    if rank_on not in RANK_ON:
-        raise UserError(f"rank_on must be one of {', '.join(RANK_ON)}, got {rank_on!r}")
+    if rank_on not in RANK_KEYS:
+        raise UserError(f"rank_on must be one of {', '.join(RANK_KEYS)}, got {rank_on!r}")
     folds = [int(k) for k in folds]
     log: list[str] = []
     references, all_labels = reference_labels(workspace)
@@ -255,8 +262,7 @@ def find_best_configuration(
                       "mean_dice": before["mean"], "per_class_dice": before["per_class"],
                       "postprocessing": spec, "postprocessed_mean_dice": after["mean"],
                       "postprocessed_per_class_dice": after["per_class"]})
-    key = "postprocessed_mean_dice" if rank_on == "postprocessed" else "mean_dice"
-    best_index = max(range(len(table)), key=lambda i: table[i][key])
+    best_index = max(range(len(table)), key=lambda i: table[i][RANK_KEYS[rank_on]])
     best = candidates[best_index]
     spec, before, after = decisions[best_index]
     result = {

@@ -44,9 +44,10 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
 
 def _steps(spec: dict) -> str:
     """The largest-component steps in a few words, e.g. ``foreground; labels 1, 3``."""
-    steps = (["foreground"] if spec["foreground_largest_component"] else []) + (
-        ["label" + ("s" if len(spec["per_class_largest_component"]) > 1 else "") + " "
-         + ", ".join(str(v) for v in spec["per_class_largest_component"])] if spec["per_class_largest_component"] else [])
+    steps = ["foreground"] if spec["foreground_largest_component"] else []
+    labels = spec["per_class_largest_component"]
+    if labels:
+        steps.append(("labels " if len(labels) > 1 else "label ") + ", ".join(str(v) for v in labels))
     return "; ".join(steps) or "none"
 
 
@@ -67,8 +68,9 @@ def report_markdown(result: dict) -> str:
         + " | ".join(f"label {k}, raw" for k in classes) + " |",
         "|---|---|---|---|" + "---|" * len(classes),
     ]
-    key = "postprocessed_mean_dice" if result["ranked_on"] == "postprocessed" else "mean_dice"
-    for c in sorted(cands, key=lambda c: -c[key]):
+    from autoseg.postprocessing.find_best import ranked_candidates
+
+    for c in ranked_candidates(result):
         mark = " **(selected)**" if c["name"] == sel["name"] else ""
         lines.append(f"| {c['name']}{mark} | {c['postprocessed_mean_dice']:.4f} | {_steps(c['postprocessing'])} | "
                      f"{c['mean_dice']:.4f} | " + " | ".join(f"{c['per_class_dice'][k]:.4f}" for k in classes) + " |")
