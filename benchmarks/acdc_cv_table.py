@@ -20,6 +20,14 @@ the means, not the paired counts, which need the predictions. ``--save FILE`` wr
 of the table, recorded and measured, so that file alone regenerates the means. ``--frames
 PREFIX ...`` adds, per measured run, the mean Dice over the frames whose case id starts with a
 prefix (e.g. the size outliers ``patient057 patient038``) and over the other frames.
+
+A fold trained more than once is refused (it would count twice in a mean) unless
+``--average-reruns``: then each fold's runs are averaged first, so every fold weighs the same,
+and the means are over those fold averages. ``--compare A B`` also prints, from the records
+alone, the per-fold difference of A's and B's (fold-averaged) mean Dice, raw and
+postprocessed, with its mean and standard error over the folds both rows have: the unit is
+the fold, because frames of one fold share a trained model. (The paired frame counts use a
+fold's last measured run.)
 """
 from __future__ import annotations
 
@@ -94,10 +102,46 @@ def subset_line(row: str, fold: int, folder: Path, prefixes: tuple[str, ...]) ->
     return f"| {row} | {fold} | " + " | ".join(cells) + " |"
 
 
+NUMERIC = ("dice", "mean_dice", "hd95", "iterations", "pp_dice", "pp_hd95")
+
+
+def average_reruns(runs: list[dict]) -> list[dict]:
+    """One record per (row, fold): the mean of that fold's runs, ``runs`` saying how many, and
+    ``tag`` listing their tags; the order of first appearance is kept."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["row"], r["fold"]), []).append(r)
+    out = []
+    for (row, fold), rs in groups.items():
+        avg = {k: np.mean([r[k] for r in rs], axis=0).tolist() for k in NUMERIC}
+        out.append({"row": row, "fold": fold, "tag": "+".join(r["tag"] for r in rs), "runs": len(rs), **avg})
+    return out
+
+
+def fold_differences(runs: list[dict], a: str, b: str, key: str) -> tuple[dict[int, float], float, float]:
+    """Per fold, row ``a``'s ``key`` minus row ``b``'s (one record per row and fold), over the
+    folds both have; then the mean difference and its standard error (NaN with one fold)."""
+    va = {r["fold"]: r[key] for r in runs if r["row"] == a}
+    vb = {r["fold"]: r[key] for r in runs if r["row"] == b}
+    diffs = {f: float(va[f] - vb[f]) for f in sorted(va.keys() & vb.keys())}
+    d = np.array(list(diffs.values()))
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return diffs, float(d.mean()) if len(d) else float("nan"), se
+
+
+def difference_lines(runs: list[dict], a: str, b: str) -> list[str]:
+    lines = []
+    for key, label in (("mean_dice", "mean Dice"), ("pp_dice", "postprocessed mean Dice")):
+        diffs, mean, se = fold_differences(runs, a, b, key)
+        cells = ", ".join(f"{f}: {d:+.3f}" for f, d in diffs.items())
+        lines.append(f"| {label} | {cells} | {mean:+.4f} | {se:.4f} |")
+    return lines
+
+
 def run_line(run: dict, recorded: bool = False) -> str:
     tag = f"`{run['tag']}`" + (" (recorded)" if recorded else "")
     return (f"| {run['row']} | {run['fold']} | {tag} | {run['mean_dice']:.3f} | {run['hd95']:.1f} | "
-            f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']} |")
+            f"{run['pp_dice']:.3f} | {run['pp_hd95']:.1f} | {run['iterations']:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="*", type=parse_run, default=[], help="ROW:FOLD:TAG, e.g. 3d_hybrid:0:fold0_20min_s8")
     p.add_argument("--data", type=Path, default=harness.DEFAULT_DATA_ROOT / "ACDC")
     p.add_argument("--scratch", type=Path, default=None)
-    p.add_argument("--recorded", type=Path, default=None, help="JSON list of earlier runs' records (see above)")
+    p.add_argument("--recorded", type=Path, nargs="+", default=[], help="JSON lists of earlier runs' records (see above)")
     p.add_argument("--save", type=Path, default=None, help="write every run's record to this JSON file")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), choices=list(ROWS),
                    help="per fold, frames where row A's mean Dice beats row B's")
     p.add_argument("--frames", nargs="+", default=None, metavar="PREFIX",
                    help="per measured run, mean Dice over the frames whose case id starts with a PREFIX, and over the rest")
+    p.add_argument("--average-reruns", action="store_true",
+                   help="average the runs of a fold trained more than once before the means over folds")
     args = p.parse_args(argv)
     if not args.runs and not args.recorded:
         p.error("give --runs, --recorded or both")
@@ -118,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         return 2
     scratch = harness.scratch_folder(args.scratch, "acdc_configs", data)
-    recorded = json.loads(args.recorded.read_text()) if args.recorded else []
+    recorded = [r for f in args.recorded for r in json.loads(f.read_text())]
     measured: list[dict] = []
     folders: dict[tuple[str, int], Path] = {}
     for row, fold, tag in args.runs:
@@ -136,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                          "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]})
     every = recorded + measured
     twice = sorted(k for k, n in Counter((r["row"], r["fold"]) for r in every).items() if n > 1)
-    if twice:
-        print(f"error: more than one run for {twice}; a fold must count once in a mean", file=sys.stderr)
+    if twice and not args.average_reruns:
+        print(f"error: more than one run for {twice}; a fold must count once in a mean "
+              "(--average-reruns averages each fold's runs first)", file=sys.stderr)
         return 2
     if args.save:
         args.save.write_text(json.dumps(every, indent=1) + "\n")
+    if args.average_reruns:
+        every = average_reruns(every)
     order = [row for row in ROWS if any(r["row"] == row for r in every)]  # the issue's order, ablation last
     every.sort(key=lambda r: (order.index(r["row"]), r["fold"]))
     runs = {row: [r for r in every if r["row"] == row] for row in order}
@@ -149,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row, rs in runs.items():
         dice = np.mean([r["dice"] for r in rs], axis=0)
-        folds = ", ".join(str(r["fold"]) for r in rs)
+        folds = ", ".join(f"{r['fold']}" + (f" (x{r['runs']})" if r.get("runs", 1) > 1 else "") for r in rs)
         print(f"| {row} ({ROWS[row][1]}) | {folds} | " + " | ".join(f"{d:.3f}" for d in dice)
               + f" | {np.mean([r['mean_dice'] for r in rs]):.3f} | {np.mean([r['hd95'] for r in rs]):.1f}"
               f" | {np.mean([r['pp_dice'] for r in rs]):.3f} | {np.mean([r['pp_hd95'] for r in rs]):.1f}"
@@ -159,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(run_line(r, recorded=any(r is o for o in recorded)) for r in every))
     if args.compare:
         a, b = args.compare
+        print(f"\n| {a} minus {b} | per fold | mean | standard error |")
+        print("|---|---|---|---|")
+        print("\n".join(difference_lines(every, a, b)))
+    if args.compare and folders:
         print(f"\n| fold | frames where {a} beats {b} | mean difference | the same, postprocessed | mean difference |")
         print("|---|---|---|---|---|")
         print("\n".join(paired_lines(a, b, folders)))
