@@ -12,6 +12,7 @@ from autoseg.cli import UserError, main
 from autoseg.dataset.imageio import read_label, write_image
 from autoseg.evaluation.metrics import compute_case_metrics
 from autoseg.postprocessing.find_best import find_best_configuration
+from autoseg.postprocessing.report import report_markdown
 from autoseg.synthetic import make_dataset
 from autoseg.workspace import DatasetWorkspace
 
@@ -112,8 +113,13 @@ def test_foreground_lcc_kept_when_it_helps(tmp_path):
     assert result["dice_after_postprocessing"]["mean"] == pytest.approx(1.0)
     saved = json.loads(ws.best_configuration_file.read_text())
     assert saved["selected"] == sel
-    assert (ws.root / "find_best_report.md").read_text().count("unet__3d_fullres") >= 1
+    assert saved["label_names"] == {"1": "inner", "2": "outer"}  # as dataset.json names them
+    report = (ws.root / "find_best_report.md").read_text()
+    assert report.count("unet__3d_fullres") >= 1 and "| inner (1), raw | outer (2), raw |" in report
     assert (ws.root / "find_best.png").stat().st_size > 1000
+    # a best_configuration.json written before the names were recorded still renders
+    del saved["label_names"]
+    assert "| label 1, raw | label 2, raw |" in report_markdown(saved)
 
 
 def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
@@ -181,6 +187,8 @@ def test_incomplete_configuration_skipped_and_fold_subset(tmp_path, capsys):
 def test_report_names_each_candidates_postprocessing_briefly():
     from autoseg.postprocessing.report import _steps
 
-    assert _steps({"foreground_largest_component": True, "per_class_largest_component": [1, 3]}) == "foreground; labels 1, 3"
-    assert _steps({"foreground_largest_component": False, "per_class_largest_component": [2]}) == "label 2"
-    assert _steps({"foreground_largest_component": False, "per_class_largest_component": []}) == "none"
+    named = {"label_names": {"1": "RV", "2": "MYO", "3": "LV"}}
+    assert _steps({"foreground_largest_component": True, "per_class_largest_component": [1, 3]}, named) \
+        == "foreground; RV (1), LV (3)"
+    assert _steps({"foreground_largest_component": False, "per_class_largest_component": [2]}, {}) == "label 2"
+    assert _steps({"foreground_largest_component": False, "per_class_largest_component": []}, named) == "none"

@@ -67,15 +67,15 @@ def _warn(message: str, log: list[str]) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def reference_labels(ws: DatasetWorkspace) -> tuple[dict[str, Path], list[int]]:
-    """Label files of the raw dataset this workspace was made from, and its label values."""
+def reference_labels(ws: DatasetWorkspace) -> tuple[dict[str, Path], dict[int, str]]:
+    """Label files of the raw dataset this workspace was made from, and its labels (value -> name)."""
     from autoseg.dataset.layout import load_dataset
 
     if not ws.source_file.is_file():
         raise UserError(f"{ws.source_file}: missing; run plan-and-preprocess for this dataset first")
     source = read_json(ws.source_file)
     spec = load_dataset(source["raw_path"])
-    return {c.case_id: c.label_file for c in spec.cases if c.label_file is not None}, spec.label_values
+    return {c.case_id: c.label_file for c in spec.cases if c.label_file is not None}, spec.labels
 
 
 def _validation_cases(ws: DatasetWorkspace, folds: Sequence[int]) -> dict[int, list[str]] | None:
@@ -218,7 +218,8 @@ def find_best_configuration(
         raise UserError(f"rank_on must be one of {', '.join(RANK_KEYS)}, got {rank_on!r}")
     folds = [int(k) for k in folds]
     log: list[str] = []
-    references, all_labels = reference_labels(workspace)
+    references, label_names = reference_labels(workspace)
+    all_labels = sorted(label_names)
     labels = [v for v in all_labels if v != 0]
     members = collect_members(workspace, configurations, trainers, folds, log)
     if not members:
@@ -278,6 +279,7 @@ def find_best_configuration(
         "dice_after_postprocessing": after,
         "num_cases": len(cases),
         "label_values": all_labels,
+        "label_names": {str(v): label_names[v] for v in labels},
         "warnings": log,
     }
     if write:

@@ -23,7 +23,7 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
     classes = list(cands[0]["per_class_dice"]) if cands else []
     series = [("mean, postprocessed", [c["postprocessed_mean_dice"] for c in cands]),
               ("mean, raw", [c["mean_dice"] for c in cands])] + [
-        (f"label {k}, raw", [c["per_class_dice"][k] for c in cands]) for k in classes]
+        (f"{_class_label(result, k)}, raw", [c["per_class_dice"][k] for c in cands]) for k in classes]
     x = np.arange(len(cands))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cands) + 2), 4.5))
@@ -42,12 +42,17 @@ def write_chart(result: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def _steps(spec: dict) -> str:
-    """The largest-component steps in a few words, e.g. ``foreground; labels 1, 3``."""
-    steps = ["foreground"] if spec["foreground_largest_component"] else []
-    labels = spec["per_class_largest_component"]
-    if labels:
-        steps.append(("labels " if len(labels) > 1 else "label ") + ", ".join(str(v) for v in labels))
+def _class_label(result: dict, value: str) -> str:
+    """``RV (1)`` where the dataset names its classes; ``label 1`` in results written before
+    find-best recorded the names."""
+    name = result.get("label_names", {}).get(value)
+    return f"{name} ({value})" if name else f"label {value}"
+
+
+def _steps(spec: dict, result: dict) -> str:
+    """The largest-component steps in a few words, e.g. ``foreground; RV (1), LV (3)``."""
+    classes = ", ".join(_class_label(result, str(v)) for v in spec["per_class_largest_component"])
+    steps = (["foreground"] if spec["foreground_largest_component"] else []) + ([classes] if classes else [])
     return "; ".join(steps) or "none"
 
 
@@ -65,14 +70,14 @@ def report_markdown(result: dict) -> str:
         "component of the foreground and/or of single labels) is decided on its own predictions.",
         "",
         "| candidate | mean Dice, postprocessed | postprocessing | mean Dice, raw | "
-        + " | ".join(f"label {k}, raw" for k in classes) + " |",
+        + " | ".join(f"{_class_label(result, k)}, raw" for k in classes) + " |",
         "|---|---|---|---|" + "---|" * len(classes),
     ]
     from autoseg.postprocessing.find_best import ranked_candidates
 
     for c in ranked_candidates(result):
         mark = " **(selected)**" if c["name"] == sel["name"] else ""
-        lines.append(f"| {c['name']}{mark} | {c['postprocessed_mean_dice']:.4f} | {_steps(c['postprocessing'])} | "
+        lines.append(f"| {c['name']}{mark} | {c['postprocessed_mean_dice']:.4f} | {_steps(c['postprocessing'], result)} | "
                      f"{c['mean_dice']:.4f} | " + " | ".join(f"{c['per_class_dice'][k]:.4f}" for k in classes) + " |")
     pp = sel["postprocessing"]
     lines += [
@@ -80,7 +85,8 @@ def report_markdown(result: dict) -> str:
         "## Postprocessing of the selected candidate",
         "",
         f"- keep largest foreground component: {'yes' if pp['foreground_largest_component'] else 'no'}",
-        f"- keep largest component per class: {pp['per_class_largest_component'] or 'none'}",
+        "- keep largest component per class: "
+        + (", ".join(_class_label(result, str(v)) for v in pp["per_class_largest_component"]) or "none"),
         f"- mean Dice before: {result['dice_before_postprocessing']['mean']:.4f}, "
         f"after: {result['dice_after_postprocessing']['mean']:.4f}",
         "",
