@@ -27,7 +27,8 @@ and the means are over those fold averages. ``--compare A B`` also prints, from 
 alone, the per-fold difference of A's and B's (fold-averaged) mean Dice, raw and
 postprocessed, with its mean and standard error over the folds both rows have: the unit is
 the fold, because frames of one fold share a trained model. (The paired frame counts use a
-fold's last measured run.)
+fold's last measured run.) With reruns it also prints the retraining noise: the standard
+deviation between runs of one row on one fold, pooled over the pairs run more than once.
 """
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ def average_reruns(runs: list[dict]) -> list[dict]:
     return out
 
 
+def rerun_spread(runs: list[dict], key: str) -> tuple[float, int]:
+    """Retraining noise: the standard deviation of ``key`` between runs of the same row and fold,
+    pooled (root of the mean sample variance) over the (row, fold) pairs run more than once;
+    returns it and how many pairs it pools (NaN, 0 without reruns)."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["row"], r["fold"]), []).append(r[key])
+    variances = [np.var(v, ddof=1) for v in groups.values() if len(v) > 1]
+    return (float(np.sqrt(np.mean(variances))), len(variances)) if variances else (float("nan"), 0)
+
+
 def fold_differences(runs: list[dict], a: str, b: str, key: str) -> tuple[dict[int, float], float, float]:
     """Per fold, row ``a``'s ``key`` minus row ``b``'s (one record per row and fold), over the
     folds both have; then the mean difference and its standard error (NaN with one fold)."""
@@ -189,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         args.save.write_text(json.dumps(every, indent=1) + "\n")
     if args.average_reruns:
+        spread = {key: rerun_spread(every, key) for key in ("mean_dice", "pp_dice")}
         every = average_reruns(every)
     order = [row for row in ROWS if any(r["row"] == row for r in every)]  # the issue's order, ablation last
     every.sort(key=lambda r: (order.index(r["row"]), r["fold"]))
@@ -211,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n| {a} minus {b} | per fold | mean | standard error |")
         print("|---|---|---|---|")
         print("\n".join(difference_lines(every, a, b)))
+    if args.average_reruns and spread["mean_dice"][1]:
+        (raw_sd, pairs), (pp_sd, _) = spread["mean_dice"], spread["pp_dice"]
+        print(f"\nretraining noise: runs of one row on one fold differ by a standard deviation of {raw_sd:.4f} "
+              f"raw, {pp_sd:.4f} postprocessed (pooled over {pairs} row-fold pairs run more than once)")
     if args.compare and folders:
         print(f"\n| fold | frames where {a} beats {b} | mean difference | the same, postprocessed | mean difference |")
         print("|---|---|---|---|---|")

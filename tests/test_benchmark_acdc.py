@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from acdc_cv_table import average_reruns, fold_differences  # noqa: E402
+from acdc_cv_table import average_reruns, fold_differences, rerun_spread  # noqa: E402
 from acdc_islands import islands  # noqa: E402
 
 
@@ -59,3 +59,12 @@ def test_fold_differences_pair_folds_both_rows_have_with_the_standard_error_over
     assert mean == pytest.approx(0.005)
     assert se == pytest.approx(np.std([0.02, -0.01], ddof=1) / np.sqrt(2))
     assert np.isnan(fold_differences(runs[:1] + runs[3:4], "h", "u", "pp_dice")[2])  # one fold: no error bar
+
+
+def test_rerun_spread_pools_the_variance_of_the_row_fold_pairs_run_more_than_once():
+    runs = [_record("2d", 0, "a", 0.80, 0.80), _record("2d", 0, "b", 0.84, 0.80),
+            _record("h", 0, "a", 0.90, 0.90), _record("h", 0, "b", 0.90, 0.92), _record("h", 1, "a", 0.5, 0.5)]
+    sd, pairs = rerun_spread(runs, "mean_dice")
+    assert pairs == 2  # ("h", 1) was run once: it says nothing about retraining
+    assert sd == pytest.approx(np.sqrt((0.04 ** 2 / 2 + 0) / 2))
+    assert rerun_spread(runs[:1], "pp_dice")[1] == 0
