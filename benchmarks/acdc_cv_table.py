@@ -36,7 +36,6 @@ import argparse
 import json
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +105,19 @@ def subset_line(row: str, fold: int, folder: Path, prefixes: tuple[str, ...]) ->
 NUMERIC = ("dice", "mean_dice", "hd95", "iterations", "pp_dice", "pp_hd95")
 
 
-def average_reruns(runs: list[dict]) -> list[dict]:
-    """One record per (row, fold): the mean of that fold's runs, ``runs`` saying how many, and
-    ``tag`` listing their tags; the order of first appearance is kept."""
+def by_row_and_fold(runs: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """The runs of each (row, fold), in the order of first appearance."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["row"], r["fold"]), []).append(r)
+    return groups
+
+
+def average_reruns(runs: list[dict]) -> list[dict]:
+    """One record per (row, fold): the mean of that fold's runs, ``runs`` saying how many, and
+    ``tag`` listing their tags; the order of first appearance is kept."""
     out = []
-    for (row, fold), rs in groups.items():
+    for (row, fold), rs in by_row_and_fold(runs).items():
         avg = {k: np.mean([r[k] for r in rs], axis=0).tolist() for k in NUMERIC}
         out.append({"row": row, "fold": fold, "tag": "+".join(r["tag"] for r in rs), "runs": len(rs), **avg})
     return out
@@ -123,10 +127,7 @@ def rerun_spread(runs: list[dict], key: str) -> tuple[float, int]:
     """Retraining noise: the standard deviation of ``key`` between runs of the same row and fold,
     pooled (root of the mean sample variance) over the (row, fold) pairs run more than once;
     returns it and how many pairs it pools (NaN, 0 without reruns)."""
-    groups: dict[tuple[str, int], list[float]] = {}
-    for r in runs:
-        groups.setdefault((r["row"], r["fold"]), []).append(r[key])
-    variances = [np.var(v, ddof=1) for v in groups.values() if len(v) > 1]
+    variances = [np.var([r[key] for r in rs], ddof=1) for rs in by_row_and_fold(runs).values() if len(rs) > 1]
     return (float(np.sqrt(np.mean(variances))), len(variances)) if variances else (float("nan"), 0)
 
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                          "mean_dice": raw["mean_dice"], "hd95": raw["mean_hd95"], "iterations": raw["iterations"],
                          "pp_dice": pp["mean_dice"], "pp_hd95": pp["mean_hd95"]})
     every = recorded + measured
-    twice = sorted(k for k, n in Counter((r["row"], r["fold"]) for r in every).items() if n > 1)
+    twice = sorted(k for k, rs in by_row_and_fold(every).items() if len(rs) > 1)
     if twice and not args.average_reruns:
         print(f"error: more than one run for {twice}; a fold must count once in a mean "
               "(--average-reruns averages each fold's runs first)", file=sys.stderr)
