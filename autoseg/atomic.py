@@ -11,7 +11,10 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @contextlib.contextmanager
@@ -38,6 +41,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
+
+
+def save_npy(path: str | os.PathLike, array: "np.ndarray") -> None:
+    """Write ``array`` as ``.npy`` (never pickled), atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,8 +1,9 @@
 """The ``autoseg`` command: one entry point, one module per subcommand in ``autoseg/commands``.
 
 Command modules import their heavy dependencies (torch, SimpleITK) inside ``run`` so that
-``autoseg --help`` stays instant. Errors a user can fix (bad dataset, missing plans, bad
-arguments) are printed as a message and exit code 2, never as a traceback.
+``autoseg --help`` stays instant. Errors a user can fix (:class:`autoseg.errors.UserError`:
+bad dataset, missing plans, bad arguments) are printed as a message and exit code 2,
+never as a traceback.
 """
 from __future__ import annotations
 
@@ -21,10 +22,6 @@ COMMAND_MODULES = [
     "postprocess",
     "demo",
 ]
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autoseg.dataset.layout import DatasetError
+    from autoseg.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (DatasetError, UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"autoseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

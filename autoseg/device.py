@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -520,9 +520,9 @@ def _run_setup(command: Sequence, log: Path, env: dict[str, str] | None = None, 
 
 def autoseg_case_ids(dataset_ws: Path, data_identifier: str) -> list[str]:
     """Preprocessed case ids, found exactly as ``autoseg train`` finds them."""
-    from autoseg.trainers.base import preprocessed_case_ids
+    from autoseg.preprocessing.preprocessed import PreprocessedFolder
 
-    return preprocessed_case_ids(dataset_ws / "preprocessed" / data_identifier)
+    return PreprocessedFolder(dataset_ws / "preprocessed" / data_identifier).case_ids()
 
 
 def prepare_autoseg(data: Path, workspace: Path, workers: int, logs: Path) -> Path:

@@ -20,10 +20,10 @@ from autoseg.planners.plans import Plans
 
 
 class HybridBatch2Planner(DefaultPlanner):
-    def batch_limits(self, dim: int) -> tuple[int, int | None]:
-        if self.profile == "cpu" and self._costing_hybrid:
+    def batch_limits(self, dim: int, hybrid: bool = False) -> tuple[int, int | None]:
+        if self.profile == "cpu" and hybrid:
             return 2, 2
-        return super().batch_limits(dim)
+        return super().batch_limits(dim, hybrid)
 
 
 def main() -> None:

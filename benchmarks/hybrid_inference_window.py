@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.evaluation.metrics import dice_per_label
-from autoseg.inference.export import segmentation_from_probabilities
+from autoseg.postprocessing.ensemble import segmentation_from_probabilities
 from autoseg.inference.predictor import Predictor
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--windows", nargs="+", required=True, help="window sizes, e.g. 5x96x96 10x96x96")
     ap.add_argument("--tta", action="store_true")
     args = ap.parse_args(argv)
-    predictor = Predictor(args.workspace / "results" / f"{args.trainer}__{args.configuration}", folds=(args.fold,),
+    predictor = Predictor.from_model_folder(args.workspace / "results" / f"{args.trainer}__{args.configuration}", folds=(args.fold,),
                           device="cpu", tta=args.tta)
     val = json.loads((args.workspace / "splits.json").read_text())[args.fold]["val"]
     pre = args.workspace / "preprocessed" / predictor.config.data_identifier

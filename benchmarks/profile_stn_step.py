@@ -16,8 +16,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from autoseg.networks.stn import SpatialTransformer, smoothness_loss
-from autoseg.trainers.atlas_istn import AtlasISTNTrainer, atlas_losses
+from autoseg.networks.stn import SpatialTransformer, atlas_losses, smoothness_loss
+from autoseg.trainers.atlas_istn import AtlasISTNTrainer
 
 
 def main() -> None:

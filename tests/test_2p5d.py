@@ -71,7 +71,8 @@ def test_sliding_window_equals_manual_stacking():
 def test_train_unet_2p5d_then_predict(tmp_path):
     from autoseg.cli import main
     from autoseg.synthetic import make_dataset
-    from autoseg.trainers.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
+    from autoseg.planners.plans import Plans
 
     raw = make_dataset(tmp_path / "raw", 6, shape=(6, 32, 32), spacing=(5.0, 1.0, 1.0), seed=4)
     ws = str(tmp_path / "ws")
@@ -80,7 +81,7 @@ def test_train_unet_2p5d_then_predict(tmp_path):
                  "--val-iters", "1", "--workspace", ws, "--time-budget", "1"]) == 0  # the budget times a K-slice forward
     fold = tmp_path / "ws" / "raw" / "results" / "unet_2p5d__2d" / "fold_0"
     state = load_checkpoint(fold / "checkpoint_final.pt")
-    assert state["architecture"] == "unet_2p5d"
+    assert Plans.load(fold.parent / "plans.json").configuration("2d").architecture == "unet_2p5d"
     assert state["network"]["encoder.0.0.0.weight"].shape[1] == 3  # 1 channel x 3 slices
     assert (fold / "validation" / "summary.json").is_file()
     out = tmp_path / "pred"

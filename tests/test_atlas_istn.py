@@ -11,8 +11,9 @@ from autoseg.evaluation.corruption import corrupt
 from autoseg.evaluation.topology import component_counts, topology_plausible
 from autoseg.inference.atlas_refinement import refine_stn, refinement_loss
 from autoseg.networks.stn import SpatialTransformer
-from autoseg.trainers.atlas_istn import (atlas_grid_from_labels, atlas_train_transforms, atlas_update, crop_to_box,
-                                         foreground_center, grid_box, sigmoid_rampup, uncrop_from_box)
+from autoseg.preprocessing.atlas_grid import (atlas_grid_from_labels, crop_to_box, foreground_center, grid_box,
+                                              uncrop_from_box)
+from autoseg.trainers.atlas_istn import atlas_train_transforms, atlas_update, sigmoid_rampup
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import make_workspace  # noqa: E402

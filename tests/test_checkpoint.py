@@ -3,7 +3,7 @@ import random
 import numpy as np
 import torch
 
-from autoseg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from autoseg.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def test_checkpoint_roundtrip_weights_only(tmp_path):

@@ -128,7 +128,7 @@ def test_seed_reproduces_batch(cases3d):
 
 
 def test_missing_case_is_a_user_error(cases3d):
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
 
     with pytest.raises(UserError, match="nope.npy"):
         PatchSampler(cases3d, ["c0", "nope"], (8, 8, 8), dim=3, batch_size=2)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 from autoseg.device import resolve_device, resolve_precision
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.dataset.imageio import Geometry, read_label, write_image
-from autoseg.evaluation.evaluate import EvaluationError, evaluate_folders
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.evaluate import evaluate_folders
 from autoseg.evaluation.metrics import compute_case_metrics
 from autoseg.synthetic import make_dataset
 

@@ -3,14 +3,8 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.dataset.imageio import Geometry, read_image, write_image
-from autoseg.inference.export import (
-    entropy_map,
-    label_dtype,
-    label_volumes_ml,
-    segmentation_from_probabilities,
-    to_original_geometry,
-    write_prediction,
-)
+from autoseg.inference.export import entropy_map, label_volumes_ml, to_original_geometry, write_prediction
+from autoseg.postprocessing.ensemble import label_dtype, segmentation_from_probabilities
 from autoseg.planners.plans import (
     ChannelNormalization,
     ConfigurationPlan,

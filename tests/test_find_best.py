@@ -8,11 +8,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from autoseg.atomic import write_json
-from autoseg.cli import UserError, main
+from autoseg.cli import main
+from autoseg.errors import UserError
 from autoseg.dataset.imageio import read_label, write_image
 from autoseg.evaluation.metrics import compute_case_metrics
 from autoseg.postprocessing.find_best import find_best_configuration
 from autoseg.postprocessing.report import report_markdown
+from autoseg.postprocessing.selection import Selection
 from autoseg.synthetic import make_dataset
 from autoseg.workspace import DatasetWorkspace
 
@@ -98,7 +100,7 @@ def _mean_dice_direct(ws: DatasetWorkspace, config: str) -> float:
 
 def test_foreground_lcc_kept_when_it_helps(tmp_path):
     ws = make_workspace(tmp_path, island_only, shifted)
-    result = find_best_configuration(ws, progress=False)
+    result = find_best_configuration(ws, progress=False).to_dict()
     sel = result["selected"]
     assert sel["configurations"] == [{"trainer": "unet", "configuration": "3d_fullres"}]
     assert sel["folds"] == [0, 1, 2, 3, 4]
@@ -119,7 +121,7 @@ def test_foreground_lcc_kept_when_it_helps(tmp_path):
     assert (ws.root / "find_best.png").stat().st_size > 1000
     # a best_configuration.json written before the names were recorded still renders
     del saved["label_names"]
-    assert "| label 1, raw | label 2, raw |" in report_markdown(saved)
+    assert "| label 1, raw | label 2, raw |" in report_markdown(Selection.from_dict(saved))
 
 
 def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
@@ -127,7 +129,7 @@ def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
     postprocessing removes, after which it is perfect. Raw Dice prefers the first, the
     postprocessed Dice (the default ranking) the second."""
     ws = make_workspace(tmp_path, one_voxel_missing, island_only)
-    result = find_best_configuration(ws, progress=False)
+    result = find_best_configuration(ws, progress=False).to_dict()
     names = {c["name"]: c for c in result["candidates"]}
     nearly, islands = names["unet__3d_fullres"], names["unet__2d"]
     assert nearly["mean_dice"] > islands["mean_dice"]
@@ -139,7 +141,7 @@ def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
     assert result["selected"]["postprocessing"] == islands["postprocessing"]
     assert result["dice_after_postprocessing"]["mean"] == islands["postprocessed_mean_dice"]
     # nnU-Net's ranking, on request
-    raw = find_best_configuration(ws, rank_on="raw", progress=False)
+    raw = find_best_configuration(ws, rank_on="raw", progress=False).to_dict()
     assert raw["ranked_on"] == "raw"
     assert raw["selected"]["configurations"] == [{"trainer": "unet", "configuration": "3d_fullres"}]
     assert raw["dice_before_postprocessing"]["mean"] == nearly["mean_dice"]
@@ -157,7 +159,7 @@ def test_ranks_on_what_predict_delivers_after_postprocessing(tmp_path, capsys):
 
 def test_foreground_lcc_rejected_when_it_hurts(tmp_path):
     ws = make_workspace(tmp_path, split_and_island, shifted)
-    result = find_best_configuration(ws, progress=False)
+    result = find_best_configuration(ws, progress=False).to_dict()
     # the foreground step would delete the detached class 2; the class-1 step only removes the island
     assert result["selected"]["postprocessing"] == {"foreground_largest_component": False,
                                                     "per_class_largest_component": [1]}
@@ -169,12 +171,12 @@ def test_foreground_lcc_rejected_when_it_hurts(tmp_path):
 
 def test_incomplete_configuration_skipped_and_fold_subset(tmp_path, capsys):
     ws = make_workspace(tmp_path, shifted, island_only, drop_fold_of_b=4)
-    result = find_best_configuration(ws, progress=False)
+    result = find_best_configuration(ws, progress=False).to_dict()
     assert [c["name"] for c in result["candidates"]] == ["unet__3d_fullres"]
     assert any("unet__2d" in w and "fold 4" in w for w in result["warnings"])
     assert "fold 4" in capsys.readouterr().err
     # with folds 0-3 only, the 2d model is complete and (its island removed) wins
-    result = find_best_configuration(ws, folds=[0, 1, 2, 3], progress=False)
+    result = find_best_configuration(ws, folds=[0, 1, 2, 3], progress=False).to_dict()
     assert result["selected"]["configurations"] == [{"trainer": "unet", "configuration": "2d"}]
     assert result["num_cases"] == 8
     # the command
@@ -188,7 +190,7 @@ def test_report_names_each_candidates_postprocessing_briefly():
     from autoseg.postprocessing.report import _steps
 
     named = {"label_names": {"1": "RV", "2": "MYO", "3": "LV"}}
-    assert _steps({"foreground_largest_component": True, "per_class_largest_component": [1, 3]}, named) \
+    assert _steps({"foreground_largest_component": True, "per_class_largest_component": [1, 3]}, named["label_names"]) \
         == "foreground; RV (1), LV (3)"
     assert _steps({"foreground_largest_component": False, "per_class_largest_component": [2]}, {}) == "label 2"
-    assert _steps({"foreground_largest_component": False, "per_class_largest_component": []}, named) == "none"
+    assert _steps({"foreground_largest_component": False, "per_class_largest_component": []}, named["label_names"]) == "none"

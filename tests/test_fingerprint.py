@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from autoseg.dataset.imageio import Geometry, read_image, read_label, write_image
-from autoseg.dataset.layout import DatasetError, load_dataset
+from autoseg.dataset.layout import load_dataset
+from autoseg.errors import DatasetError
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.synthetic import make_dataset
 

@@ -17,7 +17,7 @@ from autoseg.networks.hybrid_unet import (
     SkipModule,
 )
 from autoseg.networks.layers import InstanceNorm
-from autoseg.planners.plans import NetworkTopology
+from autoseg.planners.plans import NetworkTopology, Plans
 
 TOPO = NetworkTopology([8, 16, 32], [[1, 3, 3]] * 3, [[1, 1, 1], [1, 2, 2], [1, 2, 2]])
 
@@ -158,8 +158,7 @@ def test_planner_emits_3d_hybrid_on_anisotropic_and_when_forced(tmp_path):
 
     iso = _fingerprint(tmp_path / "i", (1.0, 1.0, 1.0), shape=(30, 24, 24))
     assert "3d_hybrid" not in DefaultPlanner(iso, profile="cpu").plan().configurations
-    planner = DefaultPlanner(iso, profile="cpu")
-    planner.force_hybrid = True
+    planner = DefaultPlanner(iso, profile="cpu", force_hybrid=True)
     forced = planner.plan().configuration("3d_hybrid")
     assert forced.patch_size[0] == 5 and all(s[0] == 1 for s in forced.network.strides)
 
@@ -237,7 +236,7 @@ def test_find_best_picks_up_3d_hybrid(tmp_path):
                 write_image(pred.astype(np.uint8), geo, val / f"{c}.nii.gz")
                 onehot = np.stack([pred == v for v in (0, 1, 2)]).astype(np.float16)
                 np.save(val / f"{c}_probabilities.npy", onehot)
-    result = find_best_configuration(ws, progress=False)
+    result = find_best_configuration(ws, progress=False).to_dict()
     text = json.dumps(result)
     assert "hybrid__3d_hybrid" in text and "unet__3d_fullres" in text
     assert result["selected"]["configurations"][0]["configuration"] == "3d_hybrid"
@@ -258,7 +257,7 @@ def aniso_workspace(tmp_path_factory):
 
 def test_train_hybrid_then_predict(aniso_workspace):
     from autoseg.cli import main
-    from autoseg.trainers.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
 
     root, raw = aniso_workspace
     ws = str(root / "ws")
@@ -266,7 +265,8 @@ def test_train_hybrid_then_predict(aniso_workspace):
                  "--workspace", ws, "--seed", "1"]) == 0
     fold = root / "ws" / "raw" / "results" / "hybrid__3d_hybrid" / "fold_0"
     state = load_checkpoint(fold / "checkpoint_final.pt")
-    assert state["trainer"] == "hybrid" and state["architecture"] == "hybrid"
+    assert state["trainer"] == "hybrid"
+    assert Plans.load(fold.parent / "plans.json").configuration("3d_hybrid").architecture == "hybrid"
     assert json.loads((fold / "log.json").read_text())["epochs"]
     assert (fold / "validation" / "summary.json").is_file()
     out = root / "pred_hybrid"

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.dataset import imageio
-from autoseg.dataset.imageio import Geometry, ImageReadError, count_nonfinite_nifti, read_image, read_label, write_image
+from autoseg.errors import ImageReadError
+from autoseg.dataset.imageio import Geometry, count_nonfinite_nifti, read_image, read_label, write_image
 
 # An oblique direction: 30 degrees about z, then 10 about x (ITK row-major 3x3).
 _a, _b = np.deg2rad(30), np.deg2rad(10)

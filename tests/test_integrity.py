@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.dataset.integrity import check_or_raise, verify_dataset
-from autoseg.dataset.layout import DatasetError, load_dataset
+from autoseg.dataset.layout import load_dataset
+from autoseg.errors import DatasetError
 from autoseg.synthetic import make_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

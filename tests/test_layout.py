@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoseg.dataset.layout import DatasetError, load_dataset
+from autoseg.dataset.layout import load_dataset
+from autoseg.errors import DatasetError
 from autoseg.synthetic import make_dataset
 
 

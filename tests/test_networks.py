@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
+from autoseg.errors import PluginNotFound
 from autoseg.networks import ARCHITECTURES, ResEncUNet, UNet, build_network, deep_supervision_scales
 from autoseg.planners.plans import ConfigurationPlan, NetworkTopology, Plans
 
@@ -101,8 +104,8 @@ def test_build_network_from_plans():
     plans = Plans(version=1, dataset_name="d", planner="p", profile="cpu", gpu_memory_gb=0, channel_names=["a", "b"],
                   label_values=[0, 1, 2], label_names=["bg", "x", "y"], normalization=[], configurations={"3d_fullres": config})
     for arch in ("unet", "resenc_unet"):
-        net = build_network(plans, config, arch)
+        net = build_network(plans, dataclasses.replace(config, architecture=arch))
         assert isinstance(net, ARCHITECTURES[arch])
         assert net(torch.randn(1, 2, 8, 16, 16))[0].shape == (1, 3, 8, 16, 16)
-    with pytest.raises(KeyError, match="unknown architecture"):
-        build_network(plans, config, "nope")
+    with pytest.raises(PluginNotFound, match="unknown architecture"):
+        build_network(plans, dataclasses.replace(config, architecture="nope"))

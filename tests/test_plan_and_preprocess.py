@@ -206,7 +206,7 @@ def test_runner_n4_changes_data_and_is_recorded(dataset, tmp_path):
 def test_inference_preprocessing_applies_the_planned_n4(dataset, tmp_path):
     """A model trained on N4-corrected data sees N4-corrected scans at inference too."""
     from autoseg.preprocessing.pipeline import preprocess_case
-    from autoseg.preprocessing.runner import read_case_image
+    from autoseg.dataset.imageio import read_channels
 
     spec = load_dataset(dataset)
     plans, config = make_plans([2.0, 1.0, 1.0])
@@ -214,7 +214,7 @@ def test_inference_preprocessing_applies_the_planned_n4(dataset, tmp_path):
     ws = DatasetWorkspace(tmp_path / "w")
     preprocess_dataset(spec, plans, [config.name], ws, num_workers=1, n4=True, progress=False)
     trained_on = np.load(ws.preprocessed_dir(config.data_identifier) / "case_000.npy")
-    image, geometry = read_case_image(spec.cases[0].image_files)
+    image, geometry = read_channels(spec.cases[0].image_files)
     at_inference, _, _ = preprocess_case(image, None, geometry, plans, config)
     np.testing.assert_allclose(at_inference, trained_on, atol=1e-5)
     plans.n4_bias_correction = False

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 from autoseg.fingerprint.fingerprint import FINGERPRINT_VERSION, CaseFingerprint, ChannelIntensity, Fingerprint
 from autoseg.planners import get_planner
 from autoseg.planners.base import Planner, resolve_profile

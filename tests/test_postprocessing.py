@@ -10,7 +10,7 @@ from autoseg.atomic import write_json
 from autoseg.cli import main
 from autoseg.dataset.imageio import Geometry, read_label, write_image
 from autoseg.postprocessing.connected_components import apply_postprocessing, keep_largest_component
-from autoseg.postprocessing.ensemble import ensemble_folders, ensemble_probabilities
+from autoseg.postprocessing.ensemble import ensemble_folders, average_probabilities
 
 GEO = Geometry((2.0, 1.0, 1.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), 3)
 
@@ -52,12 +52,12 @@ def test_apply_postprocessing_foreground_and_per_class():
         apply_postprocessing(seg, {"largest": True}, [0, 1, 2])
 
 
-def test_ensemble_probabilities_mean():
+def test_average_probabilities_mean():
     a = np.full((2, 1, 2, 2), 0.25, np.float16)
     b = np.full((2, 1, 2, 2), 0.75, np.float16)
-    assert np.allclose(ensemble_probabilities([a, b]), 0.5)
+    assert np.allclose(average_probabilities([a, b]), 0.5)
     with pytest.raises(ValueError):
-        ensemble_probabilities([a, b[:, :, :1]])
+        average_probabilities([a, b[:, :, :1]])
 
 
 def _member(folder, probs: dict, label_values=None):

@@ -8,9 +8,12 @@ import SimpleITK as sitk
 import torch
 
 import autoseg
-from autoseg.cli import UserError, main
+from autoseg.cli import main
+from autoseg.errors import UserError
 from autoseg.dataset.imageio import read_image, read_label, write_image
-from autoseg.inference.predictor import Predictor, find_input_cases
+from autoseg.inference.cases import find_input_cases
+from autoseg.inference.folder import predict_folder
+from autoseg.inference.predictor import Predictor
 from autoseg.networks import build_network
 from autoseg.planners.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
 from autoseg.synthetic import make_dataset
@@ -33,7 +36,7 @@ def make_model(root, plans: Plans, configuration: str, folds=(0,), trainer="unet
     plans.save(folder / "plans.json")
     for f in folds:
         torch.manual_seed(seed + int(f))
-        net = build_network(plans, plans.configuration(configuration), "unet")
+        net = build_network(plans, plans.configuration(configuration))
         (folder / f"fold_{f}").mkdir(parents=True, exist_ok=True)
         torch.save({"format": 1, "trainer": trainer, "architecture": "unet", "configuration": configuration,
                     "fold": str(f), "network": net.state_dict()}, folder / f"fold_{f}" / "checkpoint_final.pt")
@@ -70,9 +73,9 @@ def test_find_input_cases_both_layouts(tmp_path):
 
 def test_predict_folder_writes_exact_geometry_and_volumes(setup, tmp_path):
     raw, ws, model = setup
-    predictor = Predictor(model, folds=(0, 1), device="cpu", tta=False, precision="fp32")
+    predictor = Predictor.from_model_folder(model, folds=(0, 1), device="cpu", tta=False, precision="fp32")
     out = tmp_path / "out"
-    done = predictor.predict_folder(raw / "imagesTr", out, save_probabilities=True, uncertainty=True)
+    done = predict_folder([predictor], raw / "imagesTr", out, save_probabilities=True, uncertainty=True)
     assert done == ["case_000", "case_001", "case_002"]
     rows = {r["case_id"]: r for r in csv.DictReader(open(out / "volumes.csv"))}
     for cid in done:
@@ -96,30 +99,30 @@ def test_predict_folder_writes_exact_geometry_and_volumes(setup, tmp_path):
 
 def test_predict_folder_skips_existing_and_overwrite_redoes(setup, tmp_path):
     raw, ws, model = setup
-    predictor = Predictor(model, folds=(0,), device="cpu", tta=False, precision="fp32")
+    predictor = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=False, precision="fp32")
     inp = tmp_path / "in"
     inp.mkdir()
     for i in range(2):  # nnU-Net-style channel files work too
         shutil.copy(raw / "imagesTr" / f"case_00{i}.nii.gz", inp / f"case_00{i}_0000.nii.gz")
     out = tmp_path / "out"
-    assert predictor.predict_folder(inp, out) == ["case_000", "case_001"]
+    assert predict_folder([predictor], inp, out) == ["case_000", "case_001"]
     previous, g = read_label(out / "case_000.nii.gz")
     planted = ((previous.astype(np.int64) + 1) % 3).astype(np.uint8)  # differs from the prediction everywhere
     write_image(planted, g, out / "case_000.nii.gz")
-    assert predictor.predict_folder(inp, out) == []
+    assert predict_folder([predictor], inp, out) == []
     np.testing.assert_array_equal(read_label(out / "case_000.nii.gz")[0], planted)  # kept
     vols = {r["case_id"]: r for r in csv.DictReader(open(out / "volumes.csv"))}
     assert float(vols["case_000"]["label1_1_ml"]) == pytest.approx(np.sum(planted == 1) * 2.0 / 1000)
-    assert predictor.predict_folder(inp, out, overwrite=True) == ["case_000", "case_001"]
+    assert predict_folder([predictor], inp, out, overwrite=True) == ["case_000", "case_001"]
     np.testing.assert_array_equal(read_label(out / "case_000.nii.gz")[0], previous)
 
 
 def test_folds_are_averaged(setup):
     raw, ws, model = setup
     image, geometry = read_image(raw / "imagesTr" / "case_000.nii.gz")
-    p0 = Predictor(model, folds=(0,), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
-    p1 = Predictor(model, folds=(1,), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
-    both = Predictor(model, folds=(0, 1), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
+    p0 = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
+    p1 = Predictor.from_model_folder(model, folds=(1,), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
+    both = Predictor.from_model_folder(model, folds=(0, 1), device="cpu", tta=False, precision="fp32").predict_probabilities(image, geometry)
     assert not np.allclose(p0, p1, atol=1e-3)
     # atol: probabilities wait for export in float16 (memory bound), ~5e-4 rounding
     np.testing.assert_allclose(both, (p0 + p1) / 2, atol=1e-3)
@@ -127,20 +130,20 @@ def test_folds_are_averaged(setup):
 
 def test_input_errors_name_the_file(setup, tmp_path):
     raw, ws, model = setup
-    predictor = Predictor(model, folds=(0,), device="cpu", tta=False, precision="fp32")
+    predictor = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=False, precision="fp32")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.nii.gz").write_bytes(b"not an image at all")
     with pytest.raises(UserError, match="broken.nii.gz"):
-        predictor.predict_folder(bad, tmp_path / "o1")
+        predict_folder([predictor], bad, tmp_path / "o1")
     two = tmp_path / "two"
     two.mkdir()
     img = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))] * 2)  # 4D: 2 channels
     sitk.WriteImage(img, str(two / "multi.nii.gz"))
     with pytest.raises(UserError, match="multi.nii.gz.*2 channel"):
-        predictor.predict_folder(two, tmp_path / "o2")
+        predict_folder([predictor], two, tmp_path / "o2")
     with pytest.raises(UserError, match="fold_3"):
-        Predictor(model, folds=(3,), device="cpu")
+        Predictor.from_model_folder(model, folds=(3,), device="cpu")
 
 
 def test_cli_predict_with_configuration_and_best_configuration(setup, tmp_path, capsys):
@@ -199,9 +202,9 @@ def test_2d_png_folder(tmp_path):
         rgb = sitk.GetImageFromArray(rng.integers(0, 255, (13, 17, 3), dtype=np.uint8), isVector=True)
         rgb.SetSpacing((0.5, 0.25))
         sitk.WriteImage(rgb, str(inp / f"{name}.png"))
-    predictor = Predictor(model, folds=(0,), device="cpu", tta=True, precision="fp32")
+    predictor = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=True, precision="fp32")
     out = tmp_path / "out"
-    assert predictor.predict_folder(inp, out, uncertainty=True) == ["eye1", "eye2"]
+    assert predict_folder([predictor], inp, out, uncertainty=True) == ["eye1", "eye2"]
     for name in ("eye1", "eye2"):
         src, dst = sitk.ReadImage(str(inp / f"{name}.png")), sitk.ReadImage(str(out / f"{name}.png"))
         assert dst.GetDimension() == 2
@@ -214,12 +217,11 @@ def test_2d_png_folder(tmp_path):
 def test_ensemble_averages_configurations_in_original_grid(setup, tmp_path):
     raw, ws, model = setup
     other = make_model(tmp_path / "results", tiny_plans(), "3d_fullres", folds=(0,), trainer="mytrainer", seed=7)
-    pa = Predictor(model, folds=(0,), device="cpu", tta=False, precision="fp32")
-    pb = Predictor(other, folds=(0,), device="cpu", tta=False, precision="fp32")
+    pa = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=False, precision="fp32")
+    pb = Predictor.from_model_folder(other, folds=(0,), device="cpu", tta=False, precision="fp32")
     image, geometry = read_image(raw / "imagesTr" / "case_002.nii.gz")
     expect = (pa.predict_probabilities(image, geometry) + pb.predict_probabilities(image, geometry)) / 2
     out = tmp_path / "ens"
-    from autoseg.inference.predictor import predict_folder
 
     predict_folder([pa, pb], raw / "imagesTr", out, save_probabilities=True)
     got = np.load(out / "case_002_probabilities.npy").astype(np.float32)
@@ -230,21 +232,21 @@ def test_predictor_flips_only_the_axes_the_checkpoints_were_trained_with(setup, 
     raw, ws, model = setup
     folder = tmp_path / "unet__3d_fullres"
     shutil.copytree(model, folder)
-    assert Predictor(folder, folds=(0,), device="cpu").mirror_axes is None  # older checkpoints: every axis
+    assert Predictor.from_model_folder(folder, folds=(0,), device="cpu").mirror_axes is None  # older checkpoints: every axis
     for fold, axes in ((0, [0, 2]), (1, [2])):
         f = folder / f"fold_{fold}" / "checkpoint_final.pt"
         state = torch.load(f, weights_only=True)
         state["mirror_axes"] = axes
         torch.save(state, f)
-    assert Predictor(folder, folds=(0,), device="cpu").mirror_axes == [0, 2]
-    assert Predictor(folder, folds=(0, 1), device="cpu").mirror_axes == [2]  # what every fold saw
+    assert Predictor.from_model_folder(folder, folds=(0,), device="cpu").mirror_axes == [0, 2]
+    assert Predictor.from_model_folder(folder, folds=(0, 1), device="cpu").mirror_axes == [2]  # what every fold saw
 
 
 def test_predictor_slides_the_plans_inference_patch(setup, tmp_path, monkeypatch):
     import autoseg.inference.predictor as predictor_module
 
     raw, ws, model = setup
-    predictor = Predictor(model, folds=(0,), device="cpu", tta=False)
+    predictor = Predictor.from_model_folder(model, folds=(0,), device="cpu", tta=False)
     seen = []
     real = predictor_module.predict_sliding_window
     monkeypatch.setattr(predictor_module, "predict_sliding_window",

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from autoseg.atomic import read_json, write_json
-from autoseg.trainers.splits import SplitError, case_groups, fold_cases, load_or_create_splits, make_splits
+from autoseg.errors import SplitError
+from autoseg.trainers.splits import case_groups, fold_cases, load_or_create_splits, make_splits
 from autoseg.workspace import DatasetWorkspace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -70,7 +70,7 @@ def test_train_end_to_end(tmp_path):
         probs = np.load(fold / "validation" / f"{cid}_probabilities.npy")
         assert probs.dtype == np.float16 and probs.shape[0] == 3
     # a second run without --continue refuses to overwrite (in-process: saves a torch import)
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
     from autoseg.trainers.registry import get_trainer
 
     with pytest.raises(UserError, match="--continue"):
@@ -157,7 +157,7 @@ def test_augmentation_auto_is_light_for_short_runs_only(tmp_path):
     assert chosen(epochs=10, iters_per_epoch=50) == "light"
     assert chosen() == "full"  # 1000 epochs: a full-length run
     assert chosen(time_budget_min=20, augmentation="full") == "full"
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
     with pytest.raises(UserError, match="augmentation"):
         chosen(augmentation="heavy")
 

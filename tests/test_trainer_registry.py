@@ -1,7 +1,8 @@
 import pytest
 
 from autoseg.trainers.base import Trainer
-from autoseg.trainers.registry import TrainerNotFound, available_trainers, get_trainer, register_trainer
+from autoseg.errors import TrainerNotFound
+from autoseg.trainers.registry import available_trainers, get_trainer, register_trainer
 
 
 def test_builtin_trainers():

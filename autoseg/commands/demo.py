@@ -31,7 +31,8 @@ def register(subparsers) -> None:
 
 
 def _step(title: str, argv: list[str]) -> None:
-    from autoseg.cli import UserError, main
+    from autoseg.cli import main
+    from autoseg.errors import UserError
 
     print(f"\n=== {title}: autoseg {' '.join(argv)}", flush=True)
     code = main(argv)

@@ -25,16 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.cli import UserError
-    from autoseg.dataset.imageio import ImageReadError
     from autoseg.evaluation.evaluate import evaluate_folders
     from autoseg.evaluation.metrics import METRIC_NAMES
 
-    try:
-        summary = evaluate_folders(args.reference_folder, args.prediction_folder, args.labels, args.num_workers,
-                                   args.file_ending, args.output, args.nsd_tolerance)
-    except ImageReadError as e:
-        raise UserError(str(e)) from None
+    summary = evaluate_folders(args.reference_folder, args.prediction_folder, args.labels, args.num_workers,
+                               args.file_ending, args.output, args.nsd_tolerance)
     print(f"evaluated {summary['num_cases']} case(s); label values {summary['label_values']}")
     if summary["missing_predictions"]:
         print(f"warning: {len(summary['missing_predictions'])} reference case(s) have no prediction: "

@@ -28,21 +28,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.cli import UserError
-    from autoseg.postprocessing.find_best import find_best_configuration, ranked_candidates
+    from autoseg.errors import UserError
+    from autoseg.postprocessing.find_best import find_best_configuration
     from autoseg.workspace import resolve_dataset
 
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"{ws.root}: no such dataset in the workspace; run plan-and-preprocess first")
-    result = find_best_configuration(ws, args.configurations, args.trainers, args.folds, rank_on=args.rank_on)
+    selection = find_best_configuration(ws, args.configurations, args.trainers, args.folds, rank_on=args.rank_on)
     print("raw     postprocessed  candidate")
-    for c in ranked_candidates(result):
-        mark = "  <- selected" if c["name"] == result["selected"]["name"] else ""
-        print(f"{c['mean_dice']:.4f}  {c['postprocessed_mean_dice']:.4f}         {c['name']}{mark}")
-    pp = result["selected"]["postprocessing"]
-    print(f"ranked on {result['ranked_on']} Dice; postprocessing: largest foreground component "
+    for c in selection.ranked_candidates():
+        mark = "  <- selected" if c.name == selection.selected.name else ""
+        print(f"{c.mean_dice:.4f}  {c.postprocessed_mean_dice:.4f}         {c.name}{mark}")
+    pp = selection.selected.postprocessing
+    print(f"ranked on {selection.ranked_on} Dice; postprocessing: largest foreground component "
           f"{'on' if pp['foreground_largest_component'] else 'off'}, per class {pp['per_class_largest_component'] or 'none'}; "
-          f"mean Dice {result['dice_before_postprocessing']['mean']:.4f} -> {result['dice_after_postprocessing']['mean']:.4f}")
+          f"mean Dice {selection.dice_before_postprocessing['mean']:.4f} -> "
+          f"{selection.dice_after_postprocessing['mean']:.4f}")
     print(f"wrote {ws.best_configuration_file} and {ws.root / 'find_best_report.md'}")
     return 0

@@ -7,6 +7,7 @@ cases that are already done.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -49,9 +50,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from autoseg.atomic import write_json
-    from autoseg.cli import UserError
     from autoseg.dataset.integrity import verify_dataset
-    from autoseg.dataset.layout import DatasetError, load_dataset
+    from autoseg.dataset.layout import load_dataset
+    from autoseg.errors import DatasetError, UserError
     from autoseg.workspace import DatasetWorkspace
 
     if args.num_workers < 1:
@@ -79,11 +80,10 @@ def run(args: argparse.Namespace) -> int:
     fingerprint.save(workspace.fingerprint_file)
 
     planner_cls = get_planner(args.planner)
-    planner = planner_cls(fingerprint, gpu_memory_gb=args.gpu_memory, profile=args.profile)
-    if getattr(args, "hybrid", False):
-        if not hasattr(planner, "force_hybrid"):
-            raise UserError(f"--hybrid: planner '{args.planner}' has no force_hybrid option")
-        planner.force_hybrid = True
+    options = {"force_hybrid": True} if getattr(args, "hybrid", False) else {}
+    if options and "force_hybrid" not in inspect.signature(planner_cls).parameters:
+        raise UserError(f"--hybrid: planner '{args.planner}' has no force_hybrid option")
+    planner = planner_cls(fingerprint, gpu_memory_gb=args.gpu_memory, profile=args.profile, **options)
     plans = planner.plan()
     plans.n4_bias_correction = bool(args.n4)
     plans.save(workspace.plans_file)

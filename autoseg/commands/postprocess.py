@@ -28,7 +28,7 @@ def load_spec(path: str) -> dict:
     import json
     from pathlib import Path
 
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
     from autoseg.postprocessing.connected_components import validate_spec
 
     try:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
     from autoseg.dataset.imageio import read_label, write_image
     from autoseg.evaluation.evaluate import list_label_files
     from autoseg.postprocessing.connected_components import apply_postprocessing

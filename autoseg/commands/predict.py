@@ -45,34 +45,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def selected_models(ws, args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], dict | None]:
-    """(trainer, configuration) pairs, folds and postprocessing spec to predict with."""
-    from autoseg.atomic import read_json
-    from autoseg.cli import UserError
-
-    default_folds = ["0", "1", "2", "3", "4"]
-    if args.configuration:
-        return [(args.trainer, args.configuration)], args.folds or default_folds, None
-    f = ws.best_configuration_file
-    if not f.is_file():
-        raise UserError(f"{f} does not exist: run 'autoseg find-best-configuration {ws.name}' first, "
-                        "or choose a configuration with -c")
-    try:
-        selected = read_json(f)["selected"]
-        members = [(str(m["trainer"]), str(m["configuration"])) for m in selected["configurations"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{f}: not a best-configuration file ({e}); re-run 'autoseg find-best-configuration'") from None
-    if not members:
-        raise UserError(f"{f}: selects no configuration")
-    folds = args.folds or [str(x) for x in selected.get("folds") or default_folds]
-    post = None if args.no_postprocessing else selected.get("postprocessing")
-    return members, folds, post
-
-
-def _atlas_istn_run(predictors, folds: list[str], args: argparse.Namespace) -> int | None:
-    """Predict with an atlas_istn model (ITN + refined atlas registration); None for other models."""
-    from autoseg.cli import UserError
-    from autoseg.inference.atlas_refinement import has_atlas, load_atlas_model, predict_folder_atlas_istn
+def _atlas_refinement(predictors, folds: list[str], args: argparse.Namespace):
+    """The refinement step of an atlas_istn model; None for other models."""
+    from autoseg.errors import UserError
+    from autoseg.inference.atlas_refinement import AtlasRefinement, has_atlas, load_atlas_model
 
     files = [p.model_folder / f"fold_{f}" / f"checkpoint_{args.checkpoint}.pt" for p in predictors for f in folds]
     with_atlas = [f for f in files if has_atlas(f)]
@@ -82,37 +58,35 @@ def _atlas_istn_run(predictors, folds: list[str], args: argparse.Namespace) -> i
         return None
     if len(files) != 1:
         raise UserError("an atlas_istn model predicts with one fold's atlas: choose one fold with -f and no ensemble")
-    model = load_atlas_model(with_atlas[0], predictors[0].device)
-    done = predict_folder_atlas_istn(predictors[0], model, args.input, args.output, refine=args.refine,
-                                     overwrite=args.overwrite)
-    print(f"predicted {len(done)} case(s) into {args.output} (atlas-ISTN)")
-    return 0
+    return AtlasRefinement(load_atlas_model(with_atlas[0], predictors[0].device), args.refine)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.cli import UserError
-    from autoseg.inference.predictor import Predictor, predict_folder
+    from autoseg.errors import UserError
+    from autoseg.inference.folder import predict_folder
+    from autoseg.inference.predictor import Predictor
+    from autoseg.postprocessing.selection import models_to_predict
     from autoseg.workspace import resolve_dataset
 
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"dataset workspace {ws.root} does not exist; check -d and --workspace")
-    members, folds, post = selected_models(ws, args)
+    members, folds, post = models_to_predict(ws, args.configuration, args.trainer, args.folds, args.no_postprocessing)
     predictors = []
     for trainer, configuration in members:
         folder = ws.results_dir(trainer, configuration)
         if not folder.is_dir():
             raise UserError(f"no trained model in {folder}; train it with 'autoseg train' (or pass --trainer/-c)")
-        predictors.append(Predictor(folder, folds=folds, checkpoint=args.checkpoint, device=args.device,
-                                    tta=not args.no_tta, overlap=args.overlap, precision=args.precision))
-    atlas = _atlas_istn_run(predictors, folds, args)
-    if atlas is not None:
-        return atlas
+        predictors.append(Predictor.from_model_folder(folder, folds=folds, checkpoint=args.checkpoint,
+                                                      device=args.device, tta=not args.no_tta, overlap=args.overlap,
+                                                      precision=args.precision))
+    refinement = _atlas_refinement(predictors, folds, args)
     names = " + ".join(f"{t}__{c}" for t, c in members)
     print(f"predicting with {names}, folds {', '.join(folds)}"
-          + (f", postprocessing {post}" if post else "") + ("" if not args.no_tta else ", no TTA"))
+          + (f", postprocessing {post}" if post else "") + ("" if not args.no_tta else ", no TTA")
+          + (f", atlas-ISTN refinement {refinement.iterations} iteration(s)" if refinement else ""))
     done = predict_folder(predictors, args.input, args.output, save_probabilities=args.save_probabilities,
                           uncertainty=args.uncertainty, overwrite=args.overwrite, num_workers=args.num_workers,
-                          postprocessing=post)
+                          postprocessing=post, refinement=refinement)
     print(f"predicted {len(done)} case(s) into {args.output} (volumes in {args.output}/volumes.csv)")
     return 0

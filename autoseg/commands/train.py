@@ -55,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
     from autoseg.trainers.base import TrainingSettings
-    from autoseg.trainers.registry import TrainerNotFound, get_trainer
+    from autoseg.trainers.registry import get_trainer
     from autoseg.workspace import resolve_dataset
 
     ws = resolve_dataset(args.dataset, args.workspace)
@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
             trainer_name = plans.configuration(args.configuration).trainer
         except KeyError as e:
             raise UserError(f"{ws.plans_file}: {e.args[0]}") from None
-    try:
-        trainer_cls = get_trainer(trainer_name)
-    except TrainerNotFound as e:
-        raise UserError(str(e)) from None
+    trainer_cls = get_trainer(trainer_name)
     if args.time_budget is not None and args.time_budget <= 0:
         raise UserError("--time-budget must be a positive number of minutes")
     settings = TrainingSettings(

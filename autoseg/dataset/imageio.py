@@ -18,18 +18,16 @@ import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from autoseg.atomic import atomic_path
+from autoseg.errors import ImageReadError
 
 IMAGE_2D_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz") + IMAGE_2D_ENDINGS
-
-
-class ImageReadError(Exception):
-    """A file could not be read as an image; the message names the file."""
 
 
 @dataclass
@@ -75,11 +73,6 @@ def split_ending(name: str) -> tuple[str, str] | None:
         if lower.endswith(ending):
             return name[: len(name) - len(ending)], name[len(name) - len(ending):]
     return None
-
-
-def has_supported_ending(path: str | os.PathLike) -> bool:
-    name = str(path).lower()
-    return Path(path).is_dir() or name.endswith(SUPPORTED_ENDINGS)
 
 
 def _read_sitk(path: Path) -> sitk.Image:
@@ -262,33 +255,66 @@ def _split_geometry(img: sitk.Image) -> Geometry:
     return Geometry(tuple(float(s) for s in spacing[::-1]), origin, direction, 3)
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read an image as ``(C, Z, Y, X)`` plus its geometry.
-
-    Vector pixels (RGB) and the 4th axis of a 4D volume become channels.
-    """
-    path = Path(path)
-    img = _read_sitk(path)
-    _check_nifti_complete(path)
+def image_to_array(img: sitk.Image) -> tuple[np.ndarray, Geometry]:
+    """A SimpleITK image as ``(C, Z, Y, X)`` plus its geometry: vector pixels (RGB) and the 4th
+    axis of a 4D volume become channels. Raises ValueError for a layout with no such reading."""
     geometry = _split_geometry(img)
-    try:
-        arr = sitk.GetArrayFromImage(img)
-    except Exception as e:
-        raise ImageReadError(f"{path}: pixel data could not be decoded ({e})") from None
-    ncomp = img.GetNumberOfComponentsPerPixel()
-    if ncomp > 1:
+    arr = sitk.GetArrayFromImage(img)
+    if img.GetNumberOfComponentsPerPixel() > 1:
         arr = np.moveaxis(arr, -1, 0)  # vector components -> channels
         if img.GetDimension() == 2:
             arr = arr[:, None]
-    elif img.GetDimension() == 4:
-        pass  # already (C, Z, Y, X)
     elif img.GetDimension() == 2:
         arr = arr[None, None]
-    else:
+    elif img.GetDimension() == 3:
         arr = arr[None]
+    # 4D: already (C, Z, Y, X)
     if arr.ndim != 4:
-        raise ImageReadError(f"{path}: unsupported image layout with array shape {arr.shape}")
+        raise ValueError(f"unsupported image layout with array shape {arr.shape}")
     return arr, geometry
+
+
+def array_to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A ``(Z, Y, X)`` array as a SimpleITK image with ``geometry``; a 2D source gives a 2D image."""
+    if geometry.file_ndim == 2:
+        img = sitk.GetImageFromArray(array[0])
+        img.SetSpacing((geometry.spacing[2], geometry.spacing[1]))
+        if len(geometry.origin) == 2:
+            img.SetOrigin(geometry.origin)
+        if len(geometry.direction) == 4:
+            img.SetDirection(geometry.direction)
+        return img
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    return img
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image as ``(C, Z, Y, X)`` plus its geometry (see :func:`image_to_array`)."""
+    path = Path(path)
+    img = _read_sitk(path)
+    _check_nifti_complete(path)
+    try:
+        return image_to_array(img)
+    except ValueError as e:
+        raise ImageReadError(f"{path}: {e}") from None
+    except Exception as e:
+        raise ImageReadError(f"{path}: pixel data could not be decoded ({e})") from None
+
+
+def read_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
+    """A case's channel files as one float32 ``(C, Z, Y, X)`` array, with the first file's geometry."""
+    arrays, geometry = [], None
+    for f in files:
+        arr, g = read_image(f)
+        if arrays and arr.shape[1:] != arrays[0].shape[1:]:
+            raise ImageReadError(f"{f}: shape {arr.shape[1:]} differs from the case's first channel "
+                                 f"{files[0]} {arrays[0].shape[1:]}")
+        geometry = geometry or g
+        arrays.append(arr.astype(np.float32, copy=False))
+    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), geometry
 
 
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
@@ -312,26 +338,15 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
     if geometry.file_ndim == 2:
         if array.shape[0] != 1:
             raise ValueError(f"{path}: cannot write {array.shape[0]} slices into a 2D file")
-        arr2 = array[0]
-        if name.endswith((".png", ".bmp", ".jpg", ".jpeg")) and arr2.dtype != np.uint8:
-            if np.issubdtype(arr2.dtype, np.floating) or not name.endswith(".png"):
-                raise ValueError(f"{path}: {arr2.dtype} pixels cannot be stored in this 8-bit format; use .tif or .nii.gz")
-            lo, hi = (int(arr2.min()), int(arr2.max())) if arr2.size else (0, 0)
+        if name.endswith((".png", ".bmp", ".jpg", ".jpeg")) and array.dtype != np.uint8:
+            if np.issubdtype(array.dtype, np.floating) or not name.endswith(".png"):
+                raise ValueError(f"{path}: {array.dtype} pixels cannot be stored in this 8-bit format; use .tif or .nii.gz")
+            lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
             if lo < 0 or hi > 65535:
                 raise ValueError(f"{path}: values {lo}..{hi} do not fit a PNG (0..65535)")
             # PNG holds 16-bit grey too: label values above 255 must not wrap around
-            arr2 = arr2.astype(np.uint8 if hi <= 255 else np.uint16)
-        img = sitk.GetImageFromArray(arr2)
-        img.SetSpacing((geometry.spacing[2], geometry.spacing[1]))
-        if len(geometry.origin) == 2:
-            img.SetOrigin(geometry.origin)
-        if len(geometry.direction) == 4:
-            img.SetDirection(geometry.direction)
-    else:
-        img = sitk.GetImageFromArray(array)
-        img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
-        img.SetOrigin(geometry.origin)
-        img.SetDirection(geometry.direction)
+            array = array.astype(np.uint8 if hi <= 255 else np.uint16)
+    img = array_to_image(array, geometry)
     if name.endswith(HEADER_DATA_ENDINGS):
         _write_header_and_data(img, path)
         return

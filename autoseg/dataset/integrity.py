@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset.imageio import Geometry, ImageReadError, count_nonfinite_nifti, fmt, read_image
-from autoseg.dataset.layout import Case, DatasetError, DatasetSpec, Problem
+from autoseg.dataset.layout import Case, DatasetSpec
+from autoseg.errors import DatasetError, Problem
 
 # Above this many distinct non-negative integer values a bincount table would be wasteful.
 _BINCOUNT_LIMIT = 1 << 20

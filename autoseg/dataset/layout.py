@@ -22,33 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoseg.dataset.imageio import IMAGE_2D_ENDINGS, split_ending
-
-
-@dataclass
-class Problem:
-    """One thing wrong with a dataset, located as precisely as possible."""
-
-    message: str
-    case_id: str | None = None
-    file: str | None = None
-
-    def __str__(self) -> str:
-        where = []
-        if self.case_id is not None:
-            where.append(f"case {self.case_id}")
-        if self.file is not None:
-            where.append(str(self.file))
-        return (": ".join([", ".join(where), self.message]) if where else self.message)
-
-
-class DatasetError(Exception):
-    """The dataset cannot be used; carries every problem found."""
-
-    def __init__(self, problems: list[Problem], root: str | os.PathLike | None = None):
-        self.problems = problems
-        self.root = root
-        head = f"dataset {root} has {len(problems)} problem(s):" if root else f"{len(problems)} problem(s):"
-        super().__init__("\n".join([head] + [f"  - {p}" for p in problems]))
+from autoseg.errors import DatasetError, Problem
 
 
 @dataclass

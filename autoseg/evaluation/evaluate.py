@@ -17,13 +17,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from autoseg.atomic import atomic_path, write_json
-from autoseg.cli import UserError
+from autoseg.errors import EvaluationError
 from autoseg.dataset.imageio import read_label, split_ending
 from autoseg.evaluation.metrics import METRIC_NAMES, compute_case_metrics, empty_metrics
-
-
-class EvaluationError(UserError):
-    """Reference and prediction folders cannot be compared; the message names the files."""
 
 
 def list_label_files(folder: str | os.PathLike, file_ending: str | None = None) -> dict[str, Path]:

@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from autoseg.atomic import read_json, write_json
 from autoseg.dataset.imageio import ImageReadError, read_image, read_label
-from autoseg.dataset.layout import Case, DatasetError, DatasetSpec, Problem
+from autoseg.dataset.layout import Case, DatasetSpec
+from autoseg.errors import DatasetError, Problem
 # One definition of "the nonzero region" for the fingerprint and preprocessing, so the
 # planned shapes are the shapes preprocessing will produce.
 from autoseg.preprocessing.cropping import nonzero_bbox

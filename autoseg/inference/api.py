@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 from autoseg.dataset.imageio import Geometry
 
 _CACHE: dict[tuple, Any] = {}
@@ -23,77 +23,28 @@ _CACHE: dict[tuple, Any] = {}
 
 def _predictors(model_folder, dataset, configuration, folds, workspace, trainer, checkpoint, device, tta,
                 overlap, precision) -> tuple[list, dict | None]:
-    from autoseg.inference.predictor import Predictor
+    from autoseg.inference.predictor import Predictor, _fold_names
+    from autoseg.postprocessing.selection import models_to_predict
+    from autoseg.workspace import resolve_dataset
 
+    fold_list = None if folds is None else _fold_names(folds)
     if model_folder is not None:
-        pairs, post, folders = None, None, [Path(model_folder)]
-        fold_list = folds
+        post, folders = None, [Path(model_folder)]
+        fold_list = fold_list or ["0", "1", "2", "3", "4"]
     else:
         if dataset is None:
             raise UserError("autoseg.predict needs model_folder= or dataset=")
-        import argparse
-
-        from autoseg.commands.predict import selected_models
-        from autoseg.workspace import resolve_dataset
-
         ws = resolve_dataset(dataset, workspace)
-        args = argparse.Namespace(configuration=configuration, trainer=trainer,
-                                  folds=None if folds is None else [str(f) for f in _as_list(folds)],
-                                  no_postprocessing=False)
-        pairs, fold_list, post = selected_models(ws, args)
+        pairs, fold_list, post = models_to_predict(ws, configuration, trainer, fold_list)
         folders = [ws.results_dir(t, c) for t, c in pairs]
-    if fold_list is None:
-        fold_list = (0, 1, 2, 3, 4)
     out = []
     for folder in folders:
-        key = (str(Path(folder).resolve()), tuple(str(f) for f in _as_list(fold_list)), checkpoint, device, tta,
-               overlap, precision)
+        key = (str(Path(folder).resolve()), tuple(fold_list), checkpoint, device, tta, overlap, precision)
         if key not in _CACHE:
-            _CACHE[key] = Predictor(folder, folds=_as_list(fold_list), checkpoint=checkpoint, device=device,
-                                    tta=tta, overlap=overlap, precision=precision)
+            _CACHE[key] = Predictor.from_model_folder(folder, folds=fold_list, checkpoint=checkpoint, device=device,
+                                                      tta=tta, overlap=overlap, precision=precision)
         out.append(_CACHE[key])
     return out, post
-
-
-def _as_list(folds) -> list:
-    if isinstance(folds, (str, int)):
-        return [folds]
-    return list(folds)
-
-
-def _from_sitk(img) -> tuple[np.ndarray, Geometry]:
-    from autoseg.dataset.imageio import _split_geometry
-    import SimpleITK as sitk
-
-    geometry = _split_geometry(img)
-    arr = sitk.GetArrayFromImage(img)
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        arr = np.moveaxis(arr, -1, 0)
-        if img.GetDimension() == 2:
-            arr = arr[:, None]
-    elif img.GetDimension() == 2:
-        arr = arr[None, None]
-    elif img.GetDimension() == 3:
-        arr = arr[None]
-    return arr, geometry
-
-
-def _to_sitk(seg: np.ndarray, geometry: Geometry):
-    import SimpleITK as sitk
-
-    if geometry.file_ndim == 2:
-        img = sitk.GetImageFromArray(seg[0])
-        img.SetSpacing((geometry.spacing[2], geometry.spacing[1]))
-        if len(geometry.origin) == 2:
-            img.SetOrigin(geometry.origin)
-        if len(geometry.direction) == 4:
-            img.SetDirection(geometry.direction)
-        return img
-    img = sitk.GetImageFromArray(seg)
-    img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
-    img.SetOrigin(geometry.origin)
-    img.SetDirection(geometry.direction)
-    return img
 
 
 def predict(
@@ -126,19 +77,16 @@ def predict(
     ``(Z, Y, X)`` of label values; with ``return_probabilities`` a tuple ``(seg, probabilities)``
     where probabilities are ``(K, Z, Y, X)`` float32 in the input's grid.
     """
-    from autoseg.inference.export import segmentation_from_probabilities
-    from autoseg.inference.predictor import average_probabilities
+    from autoseg.dataset.imageio import array_to_image, image_to_array
+    from autoseg.inference.predictor import predict_case
 
     as_sitk = False
     if isinstance(images, (str, os.PathLike)):
-        from autoseg.dataset.imageio import ImageReadError, read_image
+        from autoseg.dataset.imageio import read_image
 
-        try:
-            image, geometry = read_image(images)
-        except ImageReadError as e:
-            raise UserError(str(e)) from None
+        image, geometry = read_image(images)
     elif type(images).__module__.startswith("SimpleITK"):
-        image, geometry = _from_sitk(images)
+        image, geometry = image_to_array(images)
         as_sitk = True
     else:
         image = np.asarray(images)
@@ -153,14 +101,8 @@ def predict(
 
     predictors, post = _predictors(model_folder, dataset, configuration, folds, workspace, trainer, checkpoint,
                                    device, tta, overlap, precision)
-    image = image.astype(np.float32, copy=False)
-    probs = average_probabilities(p.predict_probabilities(image, geometry) for p in predictors)
-    label_values = predictors[0].label_values
-    seg = segmentation_from_probabilities(probs, label_values)
     spec = post if postprocessing is True else (postprocessing or None)
-    if spec:
-        from autoseg.postprocessing.connected_components import apply_postprocessing
-
-        seg = apply_postprocessing(seg, spec, label_values)
-    result = _to_sitk(seg, geometry) if as_sitk else seg
-    return (result, probs) if return_probabilities else result
+    prediction = predict_case(predictors, image.astype(np.float32, copy=False), geometry, postprocessing=spec)
+    seg = prediction.segmentation
+    result = array_to_image(seg, geometry) if as_sitk else seg
+    return (result, prediction.probabilities) if return_probabilities else result

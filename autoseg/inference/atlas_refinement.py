@@ -10,7 +10,8 @@ volume (background outside the box) and exported to the original geometry like a
 prediction. Because the final labels are a diffeomorphic warp of the atlas, each class keeps
 the atlas's topology.
 
-Outputs per case (``predict_folder_atlas_istn``):
+Outputs per case (:class:`AtlasRefinement`, a refinement step of
+:func:`autoseg.inference.folder.predict_folder`):
 
 * ``CASE<ending>``: the warped atlas segmentation (the default output);
 * ``CASE_itn<ending>``: the ITN's own segmentation;
@@ -31,10 +32,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from autoseg.atomic import atomic_path, remove_partials, write_json
-from autoseg.cli import UserError
-from autoseg.networks.stn import SpatialTransformer, normalised_to_voxel_scale, smoothness_loss
-from autoseg.trainers.atlas_istn import atlas_losses, crop_to_box, foreground_center, grid_box, uncrop_from_box
+from autoseg.atomic import atomic_path, read_json, write_json
+from autoseg.dataset.imageio import Geometry
+from autoseg.errors import UserError
+from autoseg.inference.cases import InputCase
+from autoseg.inference.export import write_prediction
+from autoseg.inference.predictor import Inferred, Predictor
+from autoseg.networks.stn import SpatialTransformer, atlas_losses, normalised_to_voxel_scale, smoothness_loss
+from autoseg.postprocessing.ensemble import segmentation_from_probabilities
+from autoseg.preprocessing.atlas_grid import crop_to_box, foreground_center, grid_box, uncrop_from_box
 
 
 @dataclass
@@ -54,13 +60,13 @@ class AtlasModel:
 
 
 def has_atlas(checkpoint_file: str | os.PathLike) -> bool:
-    from autoseg.trainers.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
 
     return "atlas_istn" in load_checkpoint(checkpoint_file)
 
 
 def load_atlas_model(checkpoint_file: str | os.PathLike, device: str | torch.device = "cpu") -> AtlasModel:
-    from autoseg.trainers.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint_file)
     a = state.get("atlas_istn")
@@ -166,49 +172,42 @@ def write_displacement(disp_mm: np.ndarray, spacing: Sequence[float], corner_mm:
         sitk.WriteImage(img, str(tmp), useCompression=True)
 
 
-def predict_folder_atlas_istn(predictor, model: AtlasModel, input_folder: str | os.PathLike,
-                              output_folder: str | os.PathLike, refine: int | None = None,
-                              overwrite: bool = False) -> list[str]:
-    """Predict every case of ``input_folder`` with the ITN of ``predictor`` and the atlas of ``model``."""
-    from tqdm import tqdm
+class AtlasRefinement:
+    """The atlas of one trained fold registered onto each case the ITN predicted (see the module docstring)."""
 
-    from autoseg.inference.export import segmentation_from_probabilities, write_prediction
-    from autoseg.inference.predictor import check_input_cases, find_input_cases, load_input_case
+    def __init__(self, model: AtlasModel, iterations: int | None = None) -> None:
+        self.model = model
+        self.iterations = int(model.refine.get("iterations", 50) if iterations is None else iterations)
+        self.report: dict[str, Any] | None = None
+        self.done = 0
 
-    output_folder = Path(output_folder)
-    if Path(input_folder).resolve() == output_folder.resolve():
-        raise UserError("the output folder must differ from the input folder")
-    cases = find_input_cases(input_folder, predictor.num_channels)
-    check_input_cases(cases, predictor.num_channels)
-    output_folder.mkdir(parents=True, exist_ok=True)
-    remove_partials(output_folder)
-    report_file = output_folder / "atlas_istn.json"
-    report: dict[str, Any] = {}
-    if report_file.is_file():
-        from autoseg.atomic import read_json
+    def output_names(self, case: InputCase) -> list[str]:
+        return [f"{case.case_id}_itn{case.ending}", f"{case.case_id}_displacement.nii.gz"]
 
-        report = read_json(report_file).get("cases", {})
-    iterations = int(model.refine.get("iterations", 50) if refine is None else refine)
-    done = []
-    for case in tqdm(cases, desc="predict (atlas-ISTN)", dynamic_ncols=True, disable=None):
-        outputs = [output_folder / f"{case.case_id}{case.ending}", output_folder / f"{case.case_id}_itn{case.ending}",
-                   output_folder / f"{case.case_id}_displacement.nii.gz"]
-        if not overwrite and all(p.is_file() for p in outputs):
-            continue
-        image, geometry = load_input_case(case)
-        data, props = predictor.preprocess(image, geometry, case.case_id)
-        itn = predictor.predict_preprocessed(data)
-        itn_np = itn.numpy() if isinstance(itn, torch.Tensor) else np.asarray(itn)
-        result = register_case(model, itn_np, iterations)
-        labels = predictor.label_values
-        write_prediction(segmentation_from_probabilities(predictor.export(itn_np, props), labels), geometry, outputs[1])
+    def refine(self, predictor: Predictor, case: InputCase, inferred: Inferred) -> tuple[Inferred, AtlasResult]:
+        (itn, props), = inferred
+        result = register_case(self.model, itn.float(), self.iterations)
+        return [(torch.from_numpy(result.atlas_probabilities), props)], result
+
+    def write(self, predictor: Predictor, case: InputCase, geometry: Geometry, inferred: Inferred,
+              result: AtlasResult, output_folder: Path) -> None:
+        (itn, props), = inferred
+        itn_seg = segmentation_from_probabilities(predictor.export(itn, props), predictor.label_values)
+        write_prediction(itn_seg, geometry, output_folder / self.output_names(case)[0])
         corner = [lo * s for (lo, _), s in zip(result.box, props["target_spacing"])]
-        write_displacement(result.displacement_mm, model.spacing, corner, outputs[2])
-        seg = segmentation_from_probabilities(predictor.export(result.atlas_probabilities, props), labels)
-        write_prediction(seg, geometry, outputs[0])  # last: its presence marks the case done
-        report[case.case_id] = {"box": [list(b) for b in result.box], "refine_iterations": iterations,
-                                "loss_one_pass": result.losses[0], "loss_refined": result.losses[-1]}
-        done.append(case.case_id)
-    write_json(report_file, {"grid": model.grid, "spacing": model.spacing, "cases": report})
-    print(f"atlas-ISTN: {len(done)} case(s), {iterations} refinement iteration(s) each", file=sys.stderr)
-    return done
+        write_displacement(result.displacement_mm, self.model.spacing, corner, output_folder / self.output_names(case)[1])
+        self._report(output_folder)[case.case_id] = {"box": [list(b) for b in result.box], "refine_iterations": self.iterations,
+                                     "loss_one_pass": result.losses[0], "loss_refined": result.losses[-1]}
+        self.done += 1
+
+    def _report(self, output_folder: Path) -> dict[str, Any]:
+        """Per case: box and L*, with the cases of earlier runs into the same folder kept."""
+        if self.report is None:
+            report_file = output_folder / "atlas_istn.json"
+            self.report = read_json(report_file).get("cases", {}) if report_file.is_file() else {}
+        return self.report
+
+    def close(self, output_folder: Path) -> None:
+        write_json(output_folder / "atlas_istn.json",
+                   {"grid": self.model.grid, "spacing": self.model.spacing, "cases": self._report(output_folder)})
+        print(f"atlas-ISTN: {self.done} case(s), {self.iterations} refinement iteration(s) each", file=sys.stderr)

@@ -19,10 +19,6 @@ from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.resampling import resample
 
-# argmax in slabs along z: a full int64 index volume of a large CT would cost 8 bytes per voxel
-_ARGMAX_SLAB_VOXELS = 16 * 1024 * 1024
-
-
 def _config(plans: Plans, config: ConfigurationPlan | str) -> ConfigurationPlan:
     return plans.configuration(config) if isinstance(config, str) else config
 
@@ -59,33 +55,6 @@ def to_original_geometry(
                                       separate_axis=axis,
                                       separate_axis_order=config.resampling.separate_axis_order)
     return out
-
-
-def label_dtype(label_values: Sequence[int]) -> np.dtype:
-    """The smallest integer type that holds every label value."""
-    lo, hi = min(label_values), max(label_values)
-    for dt in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dt)
-    return np.dtype(np.int64)
-
-
-def segmentation_from_probabilities(probabilities: np.ndarray | torch.Tensor, label_values: Sequence[int]) -> np.ndarray:
-    """Argmax over classes, class index ``i`` -> ``label_values[i]``, smallest sufficient dtype."""
-    probs = torch.as_tensor(probabilities)
-    if probs.ndim != 4:
-        raise ValueError(f"expected (K, Z, Y, X) probabilities, got shape {tuple(probs.shape)}")
-    if probs.shape[0] != len(label_values):
-        raise ValueError(f"{probs.shape[0]} classes but {len(label_values)} label values")
-    dtype = label_dtype(label_values)
-    lut = torch.as_tensor(np.asarray(label_values, dtype=np.int64))
-    seg = np.empty(tuple(probs.shape[1:]), dtype=dtype)
-    slab = max(1, _ARGMAX_SLAB_VOXELS // max(1, int(np.prod(probs.shape[2:]))))
-    for z in range(0, probs.shape[1], slab):
-        idx = torch.argmax(probs[:, z:z + slab], dim=0)
-        seg[z:z + slab] = lut[idx].numpy().astype(dtype, copy=False)
-    return seg
 
 
 def entropy_map(probabilities: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Networks: dimension-agnostic U-Nets built from a plans configuration.
 
-``build_network(plans, config, architecture)`` is the one entry point the trainers and the
-inference code use; a new architecture plugs in with one line in :data:`ARCHITECTURES`.
+``build_network(plans, config)`` is the one way the trainers and the inference code build a
+network: ``config.architecture`` names it, either a key of :data:`ARCHITECTURES` (a new
+architecture plugs in with one line there) or a user's ``module:Class`` / ``file.py:Class``.
 """
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ ARCHITECTURES: dict[str, type] = {
 }
 
 
-def build_network(plans: "Plans", config: "ConfigurationPlan", architecture: str = "unet",
-                  deep_supervision: bool = True) -> "nn.Module":
-    if architecture not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture](
+def build_network(plans: "Plans", config: "ConfigurationPlan", deep_supervision: bool = True) -> "nn.Module":
+    """The network ``config.architecture`` names, sized by the plans (channels, classes, topology)."""
+    from torch import nn
+
+    from autoseg.plugins import load_plugin
+
+    cls = load_plugin(config.architecture, "architecture", nn.Module, ARCHITECTURES)
+    return cls(
         in_channels=len(plans.channel_names),
         num_classes=plans.num_classes,
         topology=config.network,

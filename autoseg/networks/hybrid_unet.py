@@ -205,7 +205,7 @@ class HybridUNet(nn.Module):
     from a quarter of the in-plane resolution down; a topology with fewer stages keeps one on its
     deepest stage). ``large_kernel=True`` appends a depthwise 7x7 block to every encoder
     stage. ``aggregation_reduction`` divides the channels the aggregation pools (1: all of
-    them, as before the seventh session). ``topology`` comes from the ``3d_hybrid`` configuration (in-plane strides); kernels
+    them). ``topology`` comes from the ``3d_hybrid`` configuration (in-plane strides); kernels
     along z are forced to 1 whatever the topology says, strides are used as planned.
     """
 

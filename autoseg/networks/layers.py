@@ -11,7 +11,6 @@ from torch import nn
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
 def _check(dim: int) -> None:
@@ -45,11 +44,6 @@ class InstanceNorm(nn.GroupNorm):
 def norm(dim: int) -> type[nn.Module]:
     _check(dim)
     return InstanceNorm
-
-
-def dropout(dim: int) -> type[nn.Module]:
-    _check(dim)
-    return _DROPOUT[dim]
 
 
 def same_padding(kernel_size: Sequence[int]) -> tuple[int, ...]:

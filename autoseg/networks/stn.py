@@ -233,3 +233,11 @@ class SpatialTransformer(nn.Module):
         p = apply_affine_to_grid(invert_affine(theta), ident)
         grid_s2a = p + _field_to_grid_layout(warp(u_inv, p))
         return Registration(theta, velocity, grid_a2s, grid_s2a)
+
+
+def atlas_losses(reg: Registration, y: torch.Tensor, atlas_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(La2s, Ls2a): per-class mean squared error over voxels (and batch), summed over classes."""
+    axes = [0] + list(range(2, y.ndim))
+    la2s = (y - reg.atlas_to_subject(atlas_fg)).pow(2).mean(axes).sum()
+    ls2a = (reg.subject_to_atlas(y) - atlas_fg.expand_as(y)).pow(2).mean(axes).sum()
+    return la2s, ls2a

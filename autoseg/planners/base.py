@@ -8,6 +8,7 @@ and override that one method; see ``documentation/plans.md``.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +32,7 @@ def _gpu_driver_present() -> bool:
 
 def resolve_profile(profile: str) -> str:
     """``"auto"`` becomes ``"gpu"`` when CUDA is available, else ``"cpu"``."""
-    from autoseg.cli import UserError
+    from autoseg.errors import UserError
 
     if profile == "auto":
         if not _gpu_driver_present():
@@ -44,7 +45,7 @@ def resolve_profile(profile: str) -> str:
     return profile
 
 
-class Planner:
+class Planner(ABC):
     """Base class of planners. Subclasses implement :meth:`normalization` and
     :meth:`plan_configurations`; :meth:`plan` assembles the plans around them.
 
@@ -81,13 +82,13 @@ class Planner:
             anisotropy=fp.anisotropy,
         )
 
+    @abstractmethod
     def normalization(self) -> list[ChannelNormalization]:
         """One entry per input channel."""
-        raise NotImplementedError
 
+    @abstractmethod
     def plan_configurations(self) -> dict[str, ConfigurationPlan]:
         """Configurations by name (``2d``, ``3d_fullres``, ...)."""
-        raise NotImplementedError
 
     # Shapes at a target spacing, shared by all planners.
 

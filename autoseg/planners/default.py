@@ -60,7 +60,7 @@ SCALE_RANGE_CAP = (0.5, 2.0)
 SIZE_MIN_CASES = 10
 
 if TYPE_CHECKING:
-    from autoseg.fingerprint.fingerprint import CaseFingerprint
+    from autoseg.fingerprint.fingerprint import CaseFingerprint, Fingerprint
 
 
 def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MIRROR_SIDE_AGREEMENT,
@@ -143,7 +143,15 @@ def hybrid_skip_flops(topology: NetworkTopology, patch: list[int], batch: int) -
 
 
 class DefaultPlanner(Planner):
+    """``force_hybrid``: plan ``3d_hybrid`` on any 3D dataset, not only anisotropic ones
+    (``plan-and-preprocess --hybrid``)."""
+
     name = "default"
+
+    def __init__(self, fingerprint: "Fingerprint", gpu_memory_gb: float = 8.0, profile: str = "auto",
+                 force_hybrid: bool = False) -> None:
+        super().__init__(fingerprint, gpu_memory_gb, profile)
+        self.force_hybrid = bool(force_hybrid)
 
     # --- profile: how big a network and batch this machine affords ---
 
@@ -153,24 +161,25 @@ class DefaultPlanner(Planner):
             return 16, (128 if dim == 3 else 256)
         return 32, (320 if dim == 3 else 512)
 
-    def batch_limits(self, dim: int) -> tuple[int, int | None]:
+    def batch_limits(self, dim: int, hybrid: bool = False) -> tuple[int, int | None]:
         """(smallest batch, the one the patch is sized for; largest batch, None: only memory and
-        the dataset-fraction cap limit it)."""
+        the dataset-fraction cap limit it). ``hybrid``: for the hybrid U-Net of ``3d_hybrid``."""
         if self.profile == "cpu":
             # the hybrid's convolutions are 2D: it takes the 2D profile's batch (more, thinner
             # stacks per step), the 3D one would give it 4 stacks of twice the slices
-            return (4, 4) if dim == 3 and not self._costing_hybrid else (8, 16)
+            return (4, 4) if dim == 3 and not hybrid else (8, 16)
         return 2, None
 
-    def cost(self, patch: list[int], topology: NetworkTopology, batch: int) -> float:
-        """What the budget limits: GPU memory in bytes, or CPU FLOPs per iteration."""
+    def cost(self, patch: list[int], topology: NetworkTopology, batch: int, hybrid: bool = False) -> float:
+        """What the budget limits: GPU memory in bytes, or CPU FLOPs per iteration; ``hybrid``
+        adds the hybrid U-Net's 3D skip modules."""
         if self.profile == "cpu":
             flops = training_flops(topology, patch, batch, len(self.fingerprint.channel_names), len(self.fingerprint.label_values))
-            if self._costing_hybrid:
+            if hybrid:
                 flops += hybrid_skip_flops(topology, patch, batch)
             return flops
         memory = training_memory_bytes(topology, patch, batch)
-        if self._costing_hybrid:
+        if hybrid:
             # skip modules keep ~14 activations of f channels per skip voxel (pooled maps, bottlenecks)
             memory += (training_memory_bytes(topology, patch, batch) - RESERVED_BYTES) * 0.5
         return memory
@@ -221,7 +230,7 @@ class DefaultPlanner(Planner):
 
     def patch_and_topology(self, spacing: list[float], median_shape: list[int],
                            frozen_axes: tuple[int, ...] = (),
-                           keep_axes: tuple[int, ...] = ()) -> tuple[list[int], NetworkTopology]:
+                           keep_axes: tuple[int, ...] = (), hybrid: bool = False) -> tuple[list[int], NetworkTopology]:
         """Largest patch up to the median image shape whose training iteration fits the budget.
 
         Starts at the median shape (rounded up to divide by the network's stride); while too
@@ -234,9 +243,9 @@ class DefaultPlanner(Planner):
         base, cap = self.features(dim)
         kwargs = dict(base_features=base, max_features=cap, frozen_axes=frozen_axes)
         patch, topology = fit_patch([max(1, int(m)) for m in median_shape], spacing, **kwargs)
-        batch = self.batch_limits(dim)[0]
+        batch = self.batch_limits(dim, hybrid)[0]
         budget = self.budget(dim)
-        while self.cost(patch, topology, batch) > budget:
+        while self.cost(patch, topology, batch, hybrid) > budget:
             stride = total_stride(topology)
             shrinkable = [a for a in range(dim) if a not in keep_axes and patch[a] - stride[a] >= MIN_SIZE_TO_POOL]
             if not shrinkable:
@@ -250,15 +259,16 @@ class DefaultPlanner(Planner):
             patch, topology = new_patch, new_topology
         return patch, topology
 
-    def batch_size(self, patch: list[int], topology: NetworkTopology, dataset_voxels: float) -> int:
+    def batch_size(self, patch: list[int], topology: NetworkTopology, dataset_voxels: float,
+                   hybrid: bool = False) -> int:
         """Grow from the profile's smallest batch while the budget allows; growth stops where one
         batch would cover more than 5% of the dataset's voxels (bigger batches of a small dataset
         repeat the same images). Never below the profile's smallest batch (>= 2: instance norm
         and the loss need more than one sample to be stable)."""
         dim = len(patch)
-        smallest, largest = self.batch_limits(dim)
+        smallest, largest = self.batch_limits(dim, hybrid)
         batch, budget = smallest, self.budget(dim)
-        while (largest is None or batch < largest) and batch < 1024 and self.cost(patch, topology, batch + 1) <= budget:
+        while (largest is None or batch < largest) and batch < 1024 and self.cost(patch, topology, batch + 1, hybrid) <= budget:
             batch += 1
         data_cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / math.prod(patch))
         return max(smallest, min(batch, data_cap))
@@ -287,24 +297,26 @@ class DefaultPlanner(Planner):
         return f"{name}_{'x'.join(f'{s:.2f}' for s in spacing)}"
 
     def make_configuration(self, name: str, dim: int, spacing: list[float], frozen_axes: tuple[int, ...] = (),
-                           trainer: str = "unet", notes: str = "",
+                           trainer: str = "unet", architecture: str = "unet", notes: str = "",
                            patch_depth: dict[int, int] | None = None) -> ConfigurationPlan:
         """Plan one configuration at ``spacing`` (z, y, x); a 2D network uses the last two axes.
 
-        ``patch_depth`` {axis: size} fixes the patch along those axes (the budget shrinks the others)."""
+        ``patch_depth`` {axis: size} fixes the patch along those axes (the budget shrinks the others).
+        The budget costs the network ``architecture`` names (the hybrid U-Net's skip modules included)."""
         median = self.median_shape(spacing)
         net_spacing, net_median = spacing[3 - dim:], median[3 - dim:]
         net_median = list(net_median)
         for axis, size in (patch_depth or {}).items():
             net_median[axis] = size
-        patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes, tuple(patch_depth or ()))
-        batch = self.batch_size(patch, topology, self.dataset_voxels(spacing))
+        hybrid = architecture == "hybrid"
+        patch, topology = self.patch_and_topology(net_spacing, net_median, frozen_axes, tuple(patch_depth or ()), hybrid)
+        batch = self.batch_size(patch, topology, self.dataset_voxels(spacing), hybrid)
         ratio = max(net_spacing) / min(net_spacing)
         anisotropic = bool(dim == 3 and ratio > ANISOTROPY_THRESHOLD)
         return ConfigurationPlan(
             name=name, dim=dim, data_identifier=self.data_identifier(name, spacing),
             spacing=[float(s) for s in spacing], median_shape=median, patch_size=patch, batch_size=batch,
-            network=topology, trainer=trainer, resampling=self.resampling(),
+            network=topology, trainer=trainer, architecture=architecture, resampling=self.resampling(),
             anisotropic=anisotropic, notes=notes,
             mirror_axes=self.mirror_axes(dim), scale_range=self.scale_range(dim, anisotropic),
         )
@@ -344,10 +356,6 @@ class DefaultPlanner(Planner):
                                                "its predictions feed a cascade or an ensemble")
         return config
 
-    # plan 3d_hybrid on any 3D dataset, not only anisotropic ones (plan-and-preprocess --hybrid)
-    force_hybrid = False
-    _costing_hybrid = False
-
     def hybrid_depth(self, median_slices: int) -> int:
         """Patch size across slices: :data:`HYBRID_PATCH_SLICES` (the aggregation's thickest
         window, so the centre slice sees all of it), at most the median image's slices."""
@@ -366,15 +374,10 @@ class DefaultPlanner(Planner):
                 return None
             axis = int(np.argmax(self.fingerprint.median_spacing)) if self.fingerprint.anisotropy > 1.0 else 0
         depth = self.hybrid_depth(int(fullres.median_shape[axis]))
-        self._costing_hybrid = True
-        try:
-            config = self.make_configuration(
-                "3d_hybrid", 3, list(fullres.spacing), frozen_axes=(axis,), trainer="hybrid",
-                notes=f"in-plane topology: axis {axis} is never pooled or convolved; the patch keeps {depth} slices",
-                patch_depth={axis: depth})
-        finally:
-            self._costing_hybrid = False
-        return config
+        return self.make_configuration(
+            "3d_hybrid", 3, list(fullres.spacing), frozen_axes=(axis,), trainer="hybrid", architecture="hybrid",
+            notes=f"in-plane topology: axis {axis} is never pooled or convolved; the patch keeps {depth} slices",
+            patch_depth={axis: depth})
 
     def plan_configurations(self) -> dict[str, ConfigurationPlan]:
         configs: dict[str, ConfigurationPlan] = {}

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoseg.atomic import read_json, write_json
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 
 PLANS_VERSION = 1
 # nnU-Net's scaling-augmentation range (sampling-grid factors); a configuration's
@@ -74,7 +74,10 @@ class ConfigurationPlan:
     patch_size: list[int]  # dim entries
     batch_size: int
     network: NetworkTopology
-    trainer: str = "unet"
+    trainer: str = "unet"  # the trainer ``autoseg train`` uses when none is named
+    # The network: a key of autoseg.networks.ARCHITECTURES or ``module:Class``. The planner
+    # writes the one its trainer trains; a trained model's plans copy records the one it has.
+    architecture: str = "unet"
     resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
     # Anisotropic data (spacing ratio > 3): augmentation rotates in-plane only.
     anisotropic: bool = False
@@ -87,9 +90,8 @@ class ConfigurationPlan:
     # too. None: the default range, and no scaling in light augmentation.
     scale_range: list[float] | None = None
     # Sliding-window size at prediction and validation, when it differs from patch_size. The
-    # planner leaves it None (patch_size); a user may set it. Plans from the sixth and seventh
-    # sessions set the hybrid's to whole stacks ([10, 96, 96] on ACDC), which predicted worse than
-    # its 5-slice training patch once the skip modules were trained (documentation/hybrid.md).
+    # planner leaves it None (patch_size); a user may set it. Whole stacks ([10, 96, 96] on ACDC)
+    # predicted worse with the hybrid than its 5-slice training patch (documentation/hybrid.md).
     inference_patch_size: list[int] | None = None
     # Probability that a random (not foreground-forced) training patch sits flush with one end
     # of an axis, so small patches see the edge of the field of view that sliding windows tile

@@ -1,5 +1,9 @@
 """Ensembling: average the softmax probabilities of several models, then take the argmax.
 
+:func:`average_probabilities` and :func:`segmentation_from_probabilities` are what every
+prediction ends with (one model or several); :func:`ensemble_folders` applies them to
+probabilities saved on disk.
+
 Each member folder holds, per case, ``CASE_probabilities.npy`` (float16 ``(K, Z, Y, X)`` in the
 original image grid, class index ``i`` = label value ``label_values[i]``) next to the member's
 segmentation ``CASE<ending>``, whose geometry the ensembled segmentation is written with.
@@ -13,28 +17,67 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 
-from autoseg.atomic import atomic_path, read_json
-from autoseg.cli import UserError
-from autoseg.inference.export import segmentation_from_probabilities  # noqa: F401  (re-exported)
+from autoseg.atomic import read_json, save_npy, write_json
+from autoseg.errors import UserError
 
 PROBABILITIES_SUFFIX = "_probabilities.npy"
+# argmax in slabs along z: a full int64 index volume of a large CT would cost 8 bytes per voxel
+_ARGMAX_SLAB_VOXELS = 16 * 1024 * 1024
 
 
-def ensemble_probabilities(probabilities: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean of same-shaped probability arrays, in float32 (float16 sums would lose precision)."""
-    if not probabilities:
-        raise ValueError("nothing to ensemble")
-    shape = probabilities[0].shape
-    total = np.zeros(shape, np.float32)
+def average_probabilities(probabilities: Iterable[np.ndarray]) -> np.ndarray:
+    """Mean of same-shaped probability arrays in float32 (float16 sums would lose precision).
+
+    Summed as the arrays arrive, so an ensemble's members can be computed one at a time: only
+    the running sum and the current member exist at once. A float32 first array is summed into
+    in place (callers hand over arrays they own).
+    """
+    total, n = None, 0
     for p in probabilities:
-        if p.shape != shape:
-            raise ValueError(f"probability arrays differ in shape: {shape} vs {p.shape}")
-        total += p
-    return total / len(probabilities)
+        if total is None:
+            total = p if p.dtype == np.float32 else p.astype(np.float32)
+        elif p.shape != total.shape:
+            raise ValueError(f"probability arrays differ in shape: {total.shape} vs {p.shape}")
+        else:
+            total += p
+        n += 1
+    if total is None:
+        raise ValueError("nothing to average")
+    if n > 1:
+        total /= n
+    return total
+
+
+def label_dtype(label_values: Sequence[int]) -> np.dtype:
+    """The smallest integer type that holds every label value."""
+    lo, hi = min(label_values), max(label_values)
+    for dt in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def segmentation_from_probabilities(probabilities: np.ndarray | torch.Tensor, label_values: Sequence[int]) -> np.ndarray:
+    """Argmax over classes, class index ``i`` -> ``label_values[i]``, smallest sufficient dtype."""
+    probs = torch.as_tensor(probabilities)
+    if probs.ndim != 4:
+        raise ValueError(f"expected (K, Z, Y, X) probabilities, got shape {tuple(probs.shape)}")
+    if probs.shape[0] != len(label_values):
+        raise ValueError(f"{probs.shape[0]} classes but {len(label_values)} label values")
+    dtype = label_dtype(label_values)
+    lut = torch.as_tensor(np.asarray(label_values, dtype=np.int64))
+    seg = np.empty(tuple(probs.shape[1:]), dtype=dtype)
+    slab = max(1, _ARGMAX_SLAB_VOXELS // max(1, int(np.prod(probs.shape[2:]))))
+    for z in range(0, probs.shape[1], slab):
+        idx = torch.argmax(probs[:, z:z + slab], dim=0)
+        seg[z:z + slab] = lut[idx].numpy().astype(dtype, copy=False)
+    return seg
 
 
 def probability_cases(folder: str | os.PathLike) -> dict[str, Path]:
@@ -122,16 +165,14 @@ def ensemble_folders(
                 raise UserError(f"{cases[case]}: probabilities of shape {p.shape} do not fit the segmentation "
                                 f"{seg_file} of shape {ref_seg.shape}")
             probs.append(p)
-        mean = ensemble_probabilities(probs)
+        mean = average_probabilities(probs)
         seg = segmentation_from_probabilities(mean, label_values)
         if postprocessing:
             seg = apply_postprocessing(seg, postprocessing, label_values)
         ending = seg_file.name[len(case):]
         write_image(seg, geometry, out_folder / f"{case}{ending}")
         if save_probabilities:
-            with atomic_path(out_folder / f"{case}{PROBABILITIES_SUFFIX}") as tmp:
-                np.save(tmp, mean.astype(np.float16))
+            save_npy(out_folder / f"{case}{PROBABILITIES_SUFFIX}", mean.astype(np.float16))
     if save_probabilities:
-        from autoseg.atomic import write_json
         write_json(out_folder / "probabilities.json", {"label_values": label_values})
     return all_cases

@@ -30,36 +30,31 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.atomic import read_json, write_json
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.postprocessing.connected_components import keep_largest_component
-from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, ensemble_probabilities, find_label_values,
+from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, average_probabilities, find_label_values,
                                              segmentation_from_probabilities)
+from autoseg.postprocessing.report import write_report
+from autoseg.postprocessing.selection import (DEFAULT_FOLDS, RANK_KEYS, Candidate, ModelRef, Selected,
+                                              Selection)
 from autoseg.workspace import DatasetWorkspace
-
-DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-# what find-best can rank on -> the candidate field holding that Dice
-RANK_KEYS = {"postprocessed": "postprocessed_mean_dice", "raw": "mean_dice"}
 # A postprocessing step must beat "off" by more than float noise to be kept.
 MIN_IMPROVEMENT = 1e-6
 
 
 @dataclass
 class Member:
-    """One trained model: its cross-validation predictions, case id -> files."""
+    """One trained model and its cross-validation predictions, case id -> files."""
 
-    trainer: str
-    configuration: str
+    model: ModelRef
     segmentations: dict[str, Path]
     probabilities: dict[str, Path]
     label_values: list[int]
 
     @property
     def name(self) -> str:
-        return f"{self.trainer}__{self.configuration}"
-
-    def as_json(self) -> dict:
-        return {"trainer": self.trainer, "configuration": self.configuration}
+        return self.model.name
 
 
 def _warn(message: str, log: list[str]) -> None:
@@ -129,7 +124,7 @@ def collect_members(ws: DatasetWorkspace, configurations: Sequence[str] | None, 
             _warn(f"skipping {d.name}: " + "; ".join(problems), log)
             continue
         label_values = find_label_values(d / f"fold_{folds[0]}" / "validation")
-        members.append(Member(trainer, configuration, segs, probs, label_values or []))
+        members.append(Member(ModelRef(trainer, configuration), segs, probs, label_values or []))
     return members
 
 
@@ -143,7 +138,7 @@ def _candidate_segmentation(members: Sequence[Member], case: str) -> np.ndarray:
 
     if len(members) == 1:
         return read_label(members[0].segmentations[case])[0]
-    mean = ensemble_probabilities([np.load(m.probabilities[case]) for m in members])
+    mean = average_probabilities([np.load(m.probabilities[case]) for m in members])
     return segmentation_from_probabilities(mean, members[0].label_values)
 
 
@@ -189,25 +184,19 @@ class PostprocessingScores:
         return spec, before, after
 
 
-def ranked_candidates(result: dict) -> list[dict]:
-    """A find-best result's candidates, best first, by the Dice it ranked on."""
-    key = RANK_KEYS[result["ranked_on"]]
-    return sorted(result["candidates"], key=lambda c: -c[key])
-
-
 def find_best_configuration(
     workspace: DatasetWorkspace,
     configurations: Sequence[str] | None = None,
     trainers: Sequence[str] | None = None,
-    folds: Sequence[int] = DEFAULT_FOLDS,
+    folds: Sequence[int] = tuple(DEFAULT_FOLDS),
     write: bool = True,
     progress: bool = True,
     rank_on: str = "postprocessed",
-) -> dict:
+) -> Selection:
     """Score candidates on cross-validation, decide each one's postprocessing, choose one; see the
     module docstring. ``rank_on``: ``"postprocessed"`` (default) or ``"raw"`` Dice.
 
-    Returns the ``best_configuration.json`` content (written to the workspace when ``write``),
+    Returns the selection (written to the workspace's ``best_configuration.json`` when ``write``),
     plus a report (``find_best_report.md``, ``find_best.png``) next to it.
     """
     from tqdm import tqdm
@@ -259,32 +248,16 @@ def find_best_configuration(
         spec, before, after = score.decide()
         decisions.append((spec, before, after))
         name = cand[0].name if len(cand) == 1 else "ensemble(" + " + ".join(m.name for m in cand) + ")"
-        table.append({"name": name, "members": [m.as_json() for m in cand],
-                      "mean_dice": before["mean"], "per_class_dice": before["per_class"],
-                      "postprocessing": spec, "postprocessed_mean_dice": after["mean"],
-                      "postprocessed_per_class_dice": after["per_class"]})
-    best_index = max(range(len(table)), key=lambda i: table[i][RANK_KEYS[rank_on]])
-    best = candidates[best_index]
+        table.append(Candidate(name, [m.model for m in cand], before["mean"], before["per_class"], spec,
+                               after["mean"], after["per_class"]))
+    best_index = max(range(len(table)), key=lambda i: getattr(table[i], RANK_KEYS[rank_on]))
     spec, before, after = decisions[best_index]
-    result = {
-        "selected": {
-            "name": table[best_index]["name"],
-            "configurations": [m.as_json() for m in best],
-            "postprocessing": spec,
-            "folds": folds,
-        },
-        "ranked_on": rank_on,
-        "candidates": table,
-        "dice_before_postprocessing": before,
-        "dice_after_postprocessing": after,
-        "num_cases": len(cases),
-        "label_values": all_labels,
-        "label_names": {str(v): label_names[v] for v in labels},
-        "warnings": log,
-    }
+    selection = Selection(
+        selected=Selected(table[best_index].name, list(table[best_index].members), spec, folds),
+        ranked_on=rank_on, candidates=table, dice_before_postprocessing=before, dice_after_postprocessing=after,
+        num_cases=len(cases), label_values=all_labels, label_names={str(v): label_names[v] for v in labels},
+        warnings=log)
     if write:
-        from autoseg.postprocessing.report import write_report
-
-        write_json(workspace.best_configuration_file, result)
-        write_report(result, workspace.root)
-    return result
+        selection.save(workspace.best_configuration_file)
+        write_report(selection, workspace.root)
+    return selection

@@ -1,14 +1,10 @@
 """Preprocess a whole dataset into ``<workspace>/<dataset>/preprocessed/<data_identifier>/``.
 
-Per case and data identifier three files are written, each atomically: ``CASE.npy``
-(float32 data), ``CASE_seg.npy`` (int16 class indices) and ``CASE.json`` (properties),
-the JSON last: its presence marks the case done. A rerun skips done cases, so a killed
-run resumes where it stopped; leftovers of interrupted writes (``.partial-*``) are
-removed first.
-
-Arrays are plain ``.npy`` so training can ``np.load(path, mmap_mode="r")`` and read a
-random patch without loading the volume; documentation/preprocessing.md has the
-measurements against blosc2 behind that choice.
+Per case and data identifier three files are written, each atomically, the properties last
+(:class:`~autoseg.preprocessing.preprocessed.PreprocessedFolder`). A rerun skips done cases,
+so a killed run resumes where it stopped; leftovers of interrupted writes (``.partial-*``)
+are removed first. documentation/preprocessing.md has the measurements against blosc2
+behind plain ``.npy``.
 
 Each case's files are read once, whatever the number of configurations: all data
 identifiers of a case are produced by the same worker from the same arrays.
@@ -22,61 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from autoseg.atomic import atomic_path, remove_partials, write_json
-from autoseg.dataset.imageio import Geometry, read_image, read_label
+from autoseg.atomic import remove_partials, write_json
+from autoseg.dataset.imageio import read_channels, read_label
 from autoseg.dataset.layout import Case, DatasetSpec
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.preprocessing.preprocessed import SETTINGS_FILE, PreprocessedFolder
 from autoseg.workspace import DatasetWorkspace
-
-
-def read_case_image(image_files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
-    """Read a case's channel files into one float32 ``(C, Z, Y, X)`` array; geometry of the first."""
-    arrays, geometry = [], None
-    for f in image_files:
-        arr, geo = read_image(f)
-        arrays.append(arr.astype(np.float32, copy=False))
-        geometry = geometry or geo
-    if len({a.shape[1:] for a in arrays}) > 1:
-        raise ValueError(f"channel files {[str(f) for f in image_files]} have different shapes {[a.shape[1:] for a in arrays]}")
-    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-    return image, geometry
-
-
-def case_files(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
-    """``CASE.npy``, ``CASE_seg.npy``, ``CASE.json`` in a preprocessed folder."""
-    return folder / f"{case_id}.npy", folder / f"{case_id}_seg.npy", folder / f"{case_id}.json"
-
-
-def is_case_done(folder: Path, case_id: str, has_label: bool = True) -> bool:
-    data, seg, props = case_files(folder, case_id)
-    return props.is_file() and data.is_file() and (seg.is_file() or not has_label)
-
-
-def write_properties(path: Path, properties: dict) -> None:
-    """Write a case's properties; ``class_locations`` goes on compact lines.
-
-    ``json.dump`` with ``indent`` falls back to the pure-Python encoder, which takes ~60 ms
-    for 20,000 coordinates; the C encoder used for the compact part takes ~2 ms.
-    """
-    head = {k: v for k, v in properties.items() if k != "class_locations"}
-    text = json.dumps(head, indent=1)
-    if "class_locations" in properties:
-        locations = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in properties["class_locations"].items())
-        text = text[:-2] + ',\n "class_locations": {\n' + locations + "\n }\n}"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-
-
-SETTINGS_FILE = "preprocessing_settings.json"
 
 
 def preprocessing_settings(plans: Plans, config: ConfigurationPlan, n4: bool) -> dict:
@@ -129,7 +77,7 @@ def _process(job: _Job) -> str:
     plans: Plans = _STATE["plans"]
     case = job.case
     try:
-        image, geometry = read_case_image(case.image_files)
+        image, geometry = read_channels(case.image_files)
         label = read_label(case.label_file)[0] if case.label_file is not None else None
         if _STATE["n4"]:
             from autoseg.preprocessing.bias_field import correct_mri_channels
@@ -139,11 +87,7 @@ def _process(job: _Job) -> str:
             config: ConfigurationPlan = plans.configurations[config_name]
             data, seg, properties = preprocess_case(image, label, geometry, plans, config, case_id=case.case_id,
                                                     bias_field_corrected=_STATE["n4"])
-            data_path, seg_path, props_path = case_files(folder, case.case_id)
-            _save_npy(data_path, data)
-            if seg is not None:
-                _save_npy(seg_path, seg)
-            write_properties(props_path, properties)  # last: marks the case done
+            PreprocessedFolder(folder).write_case(case.case_id, data, seg, properties)
     except Exception as e:
         raise RuntimeError(f"preprocessing case {case.case_id} failed: {type(e).__name__}: {e}") from e
     return case.case_id
@@ -178,7 +122,7 @@ def preprocess_dataset(
     jobs: list[_Job] = []
     counts = {ident: 0 for ident in identifiers}
     for case in spec.cases:
-        todo = [(identifiers[i], f) for i, f in folders.items() if not is_case_done(f, case.case_id, case.label_file is not None)]
+        todo = [(identifiers[i], f) for i, f in folders.items() if not PreprocessedFolder(f).is_done(case.case_id, case.label_file is not None)]
         for name, _ in todo:
             counts[plans.configurations[name].data_identifier] += 1
         if todo:

@@ -5,8 +5,8 @@ and atlas construction.
 * STN (:class:`autoseg.networks.stn.SpatialTransformer`): registers the atlas labelmap to the
   ITN's (detached) softmax; trained with Adam on
   ``La2s = Σ_j mean‖y_j − y^a_j ∘ Φ⁻¹‖²``, ``Ls2a = Σ_j mean‖y_j ∘ Φ − y^a_j‖²`` (j over
-  foreground classes, y the ground-truth one-hot labels, as the issue states: the ITN's
-  prediction only replaces them at test time) and ``Lreg`` (squared spatial gradients of the
+  foreground classes, y the ground-truth one-hot labels: the ITN's prediction only
+  replaces them at test time, as in the paper) and ``Lreg`` (squared spatial gradients of the
   velocity, in voxels). The logged loss is ``Ls + ω (La2s + Ls2a + λ Lreg)``.
   Because the STN's input is detached and its losses touch only its own parameters, and Adam
   divides out any constant gradient scale, ω would have no effect on the STN's updates; the
@@ -32,75 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
+from autoseg.networks.stn import atlas_losses
+from autoseg.preprocessing.atlas_grid import atlas_grid_from_labels, crop_to_box, foreground_center, grid_box
 from autoseg.trainers.base import Trainer
 from autoseg.trainers.data_loader import PatchLocation, PatchSampler
 from autoseg.trainers.registry import register_trainer
-
-# ------------------------------------------------------------------ the atlas grid
-
-
-def foreground_center(seg: np.ndarray) -> tuple[int, int, int]:
-    """Rounded centre of mass (z, y, x) of ``seg > 0``; the volume centre without foreground."""
-    pts = np.argwhere(np.asarray(seg) > 0)
-    if len(pts) == 0:
-        return tuple(int(s) // 2 for s in seg.shape)  # type: ignore[return-value]
-    return tuple(int(round(c)) for c in pts.mean(0))  # type: ignore[return-value]
-
-
-def atlas_grid_from_labels(segs: Sequence[np.ndarray], dim: int, divisor: Sequence[int], margin: int = 4) -> list[int]:
-    """Grid shape (``dim`` entries): median foreground bbox + 2·margin, rounded up to ``divisor``."""
-    sizes = []
-    for seg in segs:
-        pts = np.argwhere(np.asarray(seg) > 0)
-        if len(pts):
-            sizes.append(pts.max(0) - pts.min(0) + 1)
-    if not sizes:
-        raise UserError("atlas_istn: no training case has foreground; the atlas grid cannot be planned")
-    med = np.median(np.stack(sizes), 0)
-    axes = med[-dim:]
-    return [int(math.ceil((a + 2 * margin) / d) * d) for a, d in zip(axes, divisor)]
-
-
-def grid_box(center: Sequence[int], grid: Sequence[int], shape: Sequence[int]) -> list[tuple[int, int]]:
-    """Half-open box (one pair per axis of ``shape``, (z, y, x)) of ``grid`` centred on ``center``.
-
-    With a 2D grid the z axis is the whole (single-slice) volume. The box may stick out of the
-    volume; :func:`crop_to_box` zero-pads.
-    """
-    axes = list(zip(center, shape))
-    box = [] if len(grid) == 3 else [(0, int(shape[0]))]
-    for (c, _), g in zip(axes[-len(grid):], grid):
-        lo = int(c) - int(g) // 2
-        box.append((lo, lo + int(g)))
-    return box
-
-
-def crop_to_box(volume: np.ndarray, box: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``(C, Z, Y, X)`` -> ``(C, *box sizes)``, zero outside the volume."""
-    shape = volume.shape[1:]
-    src, pads = [], []
-    for (lo, hi), n in zip(box, shape):
-        src.append(slice(max(lo, 0), min(hi, n)))
-        pads.append((max(0, -lo), max(0, hi - n)))
-    out = np.asarray(volume[(slice(None),) + tuple(src)], dtype=np.float32)
-    return np.pad(out, [(0, 0)] + pads) if any(p != (0, 0) for p in pads) else out
-
-
-def uncrop_from_box(cropped: np.ndarray, box: Sequence[tuple[int, int]], shape: Sequence[int],
-                    background: bool = True) -> np.ndarray:
-    """Inverse of :func:`crop_to_box` for class probabilities: class 0 is 1 outside the box."""
-    out = np.zeros((cropped.shape[0], *shape), np.float32)
-    if background:
-        out[0] = 1.0
-    dst, src = [], []
-    for (lo, hi), n in zip(box, shape):
-        a, b = max(lo, 0), min(hi, n)
-        dst.append(slice(a, b))
-        src.append(slice(a - lo, b - lo))
-    out[(slice(None),) + tuple(dst)] = cropped[(slice(None),) + tuple(src)]
-    return out
-
 
 def one_hot(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, 1, *sp) integer -> (B, K, *sp) float."""
@@ -115,14 +52,6 @@ def sigmoid_rampup(progress: float, midpoint: float = 0.2, steepness: float = 12
 def atlas_update(atlas: torch.Tensor, warped_mean: torch.Tensor, eta: float) -> torch.Tensor:
     """``z_t = (1 − η) z_{t−1} + η · mean_i(z_i ∘ Φ_i)``."""
     return (1.0 - eta) * atlas + eta * warped_mean
-
-
-def atlas_losses(reg, y: torch.Tensor, atlas_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(La2s, Ls2a): per-class mean squared error over voxels (and batch), summed over classes."""
-    axes = [0] + list(range(2, y.ndim))
-    la2s = (y - reg.atlas_to_subject(atlas_fg)).pow(2).mean(axes).sum()
-    ls2a = (reg.subject_to_atlas(y) - atlas_fg.expand_as(y)).pow(2).mean(axes).sum()
-    return la2s, ls2a
 
 
 # ------------------------------------------------------------------ patches on the grid
@@ -193,7 +122,7 @@ class AtlasISTNTrainer(Trainer):
         dim = self.config.dim
         if dim == 2 and not self.plans.is_2d_dataset:
             raise UserError("atlas_istn: the 2d configuration of a 3D dataset has no 2D atlas; use 3d_fullres")
-        segs = [np.load(self.preprocessed_dir / f"{c}_seg.npy", mmap_mode="r") for c in self.train_ids]
+        segs = [self.preprocessed.load_seg(c, mmap=True) for c in self.train_ids]
         divisor = np.prod(np.asarray(self.config.network.strides), axis=0).tolist()
         self.atlas_grid = atlas_grid_from_labels(segs, dim, divisor, self.atlas_margin)
         k = self.plans.num_classes
@@ -201,7 +130,7 @@ class AtlasISTNTrainer(Trainer):
         self.stn_optimizer = torch.optim.Adam(self.stn.parameters(), lr=self.stn_lr)
         image_sum, label_sum = None, None
         for cid, seg in zip(self.train_ids, segs):
-            data = np.load(self.preprocessed_dir / f"{cid}.npy", mmap_mode="r")
+            data = self.preprocessed.load_data(cid, mmap=True)
             box = grid_box(foreground_center(seg), self.atlas_grid, seg.shape)
             img = crop_to_box(data, box)
             lab = crop_to_box(np.asarray(seg)[None].astype(np.float32), box)[0].astype(np.int64)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -31,13 +32,14 @@ from autoseg.planners.plans import DEFAULT_SCALE_RANGE
 Batch = dict[str, Any]
 
 
-class Transform:
+class Transform(ABC):
+    @abstractmethod
     def sample(self, rng: np.random.Generator, n: int, channels: int) -> list:
         """Per-sample parameters for a batch of ``n`` samples (None: leave that sample alone)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, batch: Batch, params: list) -> Batch:
-        raise NotImplementedError
+        """The batch with the parameters ``sample`` drew applied."""
 
 
 class Compose:

@@ -4,8 +4,8 @@ A trainer for a new architecture is a few lines::
 
     @register_trainer("my_net")
     class MyTrainer(Trainer):
-        architecture = "my_net"      # a key of autoseg.networks.ARCHITECTURES
-        # or override build_network(); any hyperparameter below can be overridden too
+        architecture = "my_net"      # a key of autoseg.networks.ARCHITECTURES, or "module:Class"
+        # any hyperparameter below can be overridden too
 
 What the loop does (nnU-Net's recipe unless noted):
 
@@ -22,29 +22,31 @@ What the loop does (nnU-Net's recipe unless noted):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoseg.atomic import atomic_path, remove_partials
-from autoseg.cli import UserError
+from autoseg.atomic import remove_partials
+from autoseg.errors import UserError
 from autoseg.device import resolve_device, resolve_precision
+from autoseg.inference.predictor import Predictor
+from autoseg.inference.validation import validate_fold
+from autoseg.networks import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
-from autoseg.trainers import checkpoint as ckpt
+from autoseg.preprocessing.preprocessed import PreprocessedFolder
+from autoseg import checkpoint as ckpt
 from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
 from autoseg.trainers.progress import EpochRecord, ProgressLog, plot_progress
-from autoseg.trainers.splits import SplitError, fold_cases, load_or_create_splits
-from autoseg.trainers.validation import validate_fold
+from autoseg.trainers.splits import fold_cases, load_or_create_splits
 from autoseg.workspace import DatasetWorkspace
 
 CHECKPOINT_FORMAT = 1
@@ -70,18 +72,6 @@ class TrainingSettings:
 
 
 # ---------------------------------------------------------------- helpers
-
-def preprocessed_case_ids(folder: Path) -> list[str]:
-    """Cases whose preprocessing finished (``CASE.json`` is written last)."""
-    ids = []
-    for f in sorted(folder.glob("*.json")):
-        if f.name.startswith("."):
-            continue
-        cid = f.name[: -len(".json")]
-        if (folder / f"{cid}.npy").is_file():
-            ids.append(cid)
-    return ids
-
 
 def count_sliding_windows(shape: list[int], patch_size: list[int], dim: int, overlap: float = 0.5) -> int:
     """Number of tiles sliding-window prediction uses for a preprocessed ``(Z, Y, X)`` shape."""
@@ -147,19 +137,19 @@ class Trainer:
             raise UserError(f"{workspace.plans_file} does not exist; run 'autoseg plan-and-preprocess' for this dataset first")
         self.plans = Plans.load(workspace.plans_file)
         try:
-            self.config: ConfigurationPlan = self.plans.configuration(configuration)
+            planned = self.plans.configuration(configuration)
         except KeyError as e:
             raise UserError(f"{workspace.plans_file}: {e.args[0]}") from None
+        # the model's identity: this trainer's network, recorded in the model's plans copy
+        self.config: ConfigurationPlan = dataclasses.replace(planned, architecture=self.architecture)
         self.configuration = configuration
         self.preprocessed_dir = workspace.preprocessed_dir(self.config.data_identifier)
-        self.case_ids = preprocessed_case_ids(self.preprocessed_dir) if self.preprocessed_dir.is_dir() else []
+        self.preprocessed = PreprocessedFolder(self.preprocessed_dir)
+        self.case_ids = self.preprocessed.case_ids()
         if not self.case_ids:
             raise UserError(f"{self.preprocessed_dir} holds no preprocessed cases; run 'autoseg plan-and-preprocess' first")
-        try:
-            splits = load_or_create_splits(workspace, self.case_ids, self.settings.group_regex)
-            self.train_ids, self.val_ids = fold_cases(splits, self.fold, self.case_ids)
-        except SplitError as e:
-            raise UserError(str(e)) from None
+        splits = load_or_create_splits(workspace, self.case_ids, self.settings.group_regex)
+        self.train_ids, self.val_ids = fold_cases(splits, self.fold, self.case_ids)
         missing = sorted(set(self.train_ids + self.val_ids) - set(self.case_ids))
         if missing:
             raise UserError(f"{workspace.splits_file} lists case(s) that are not preprocessed: {', '.join(missing[:5])}")
@@ -183,7 +173,7 @@ class Trainer:
         self.total_iterations = self.max_epochs * self.iters_per_epoch
         self.iteration = 0
         self.epoch = 0
-        self.elapsed_before_s = 0.0  # training wall time of earlier sessions (--continue)
+        self.elapsed_before_s = 0.0  # training wall time of earlier runs of this fold (--continue)
         self.log = ProgressLog()
         self._forward_time_s: float | None = None
         self._tta_choice: bool | None = None
@@ -211,11 +201,6 @@ class Trainer:
     def network_input_channels(self) -> int:
         """Channels of one network input patch (2.5D stacks neighbouring slices as channels)."""
         return len(self.plans.channel_names)
-
-    def build_network(self) -> nn.Module:
-        from autoseg.networks import build_network
-
-        return build_network(self.plans, self.config, architecture=self.architecture)
 
     def resolve_optimizer(self) -> str:
         """``auto``: nnU-Net's SGD on a GPU; Adam on a CPU.
@@ -298,7 +283,7 @@ class Trainer:
             torch.set_num_threads(os.cpu_count() or 1)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
-        self.network = self.build_network().to(self.device)
+        self.network = build_network(self.plans, self.config).to(self.device)
         self.optimizer = self.build_optimizer(self.network)
         self.n_outputs = len(self.deep_supervision_scales())
         self.loss = self.build_loss(self.n_outputs)
@@ -306,8 +291,11 @@ class Trainer:
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(self.fold_dir)
         # the model folder must be self-contained for prediction, whatever happens to the workspace
-        with atomic_path(self.results_dir / "plans.json") as tmp:
-            shutil.copyfile(self.ws.plans_file, tmp)
+        self.model_plans().save(self.results_dir / "plans.json")
+
+    def model_plans(self) -> Plans:
+        """The plans with this configuration as trained: what the model folder's ``plans.json`` holds."""
+        return dataclasses.replace(self.plans, configurations={**self.plans.configurations, self.configuration: self.config})
 
     def mirror_axes(self) -> list[int]:
         """Patch axes training mirrors, and so the only ones test-time augmentation may flip: the
@@ -320,7 +308,6 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "trainer": self.results_name(),
             "trainer_class": f"{type(self).__module__}:{type(self).__qualname__}",
-            "architecture": self.architecture,
             "configuration": self.configuration,
             "fold": self.fold,
             "network": self.network.state_dict(),
@@ -624,7 +611,7 @@ class Trainer:
         windows = 0
         voxels = 0
         for cid in self.val_ids:
-            shape = list(np.load(self.preprocessed_dir / f"{cid}.npy", mmap_mode="r").shape[1:])
+            shape = list(self.preprocessed.load_data(cid, mmap=True).shape[1:])
             windows += count_sliding_windows(shape, self.config.inference_patch, self.config.dim, self.validation_overlap)
             voxels += int(np.prod(shape))
         # Export (resampling K probability maps) and metrics: roughly 50 ns per voxel and class.
@@ -666,7 +653,9 @@ class Trainer:
         self.network.load_state_dict(state["network"])
 
     def validate(self) -> dict[str, Any]:
+        """The fold's validation cases through the prediction path ``autoseg predict`` runs."""
         self.load_best_or_final()
-        return validate_fold(self.network, self.plans, self.config, self.ws, self.preprocessed_dir, self.val_ids,
-                             self.fold_dir / "validation", device=self.device, autocast_dtype=self.autocast_dtype,
-                             tta=self._tta(), overlap=self.validation_overlap, mirror_axes=self.mirror_axes())
+        predictor = Predictor(self.model_plans(), self.configuration, [self.network], device=self.device,
+                              tta=self._tta(), overlap=self.validation_overlap, precision=self.settings.precision,
+                              mirror_axes=self.mirror_axes())
+        return validate_fold(predictor, self.ws, self.preprocessed, self.val_ids, self.fold_dir / "validation")

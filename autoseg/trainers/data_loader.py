@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ class PatchSampler:
     against ~75% in the middle, while sliding-window inference tiles every edge. Small-patch
     networks trained that way took arms at the edge of ACDC's field of view for hearts
     (documentation/hybrid.md, "Islands"). A flush patch covers an edge without padding a
-    voxel, as an inference window there does. ``edge_flush=0`` (the default) draws
-    exactly what the sampler drew before the option existed; the plan's configuration sets it
-    (``ConfigurationPlan.edge_flush``).
+    voxel, as an inference window there does. ``edge_flush=0`` (the default) draws uniform
+    positions only; the plan's configuration sets it (``ConfigurationPlan.edge_flush``).
     """
 
     def __init__(self, preprocessed_dir: str | Path, case_ids: Sequence[str], patch_size: Sequence[int], dim: int,
@@ -156,7 +155,7 @@ class PatchSampler:
                 jitter = int(rng.integers(-(p // 6), p // 6 + 1))
                 corner = int(np.clip(v - p // 2 + jitter, min(lo, v - (3 * p) // 4), max(hi, v - p // 4)))
             elif self.edge_flush > 0 and lo == 0 < hi and rng.random() < self.edge_flush:
-                # only along an axis longer than the patch; a shorter one is padded as before
+                # only along an axis longer than the patch; a shorter one is padded (centred) anyway
                 corner = lo if rng.random() < 0.5 else hi
             else:
                 corner = int(rng.integers(lo, hi + 1))

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
+
+from autoseg.errors import TrainerNotFound
+from autoseg.plugins import load_plugin
 
 if TYPE_CHECKING:
     from autoseg.trainers.base import Trainer
@@ -24,10 +24,6 @@ _BUILTIN_MODULES = (
     "autoseg.trainers.unet_2p5d",
     "autoseg.trainers.atlas_istn",
 )
-
-
-class TrainerNotFound(Exception):
-    pass
 
 
 def register_trainer(name: str) -> Callable[[T], T]:
@@ -53,38 +49,9 @@ def available_trainers() -> list[str]:
     return sorted(_TRAINERS)
 
 
-def _load_from_file(path: Path, attr: str):
-    if not path.is_file():
-        raise TrainerNotFound(f"trainer file {path} does not exist")
-    mod_name = f"autoseg_user_trainer_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def get_trainer(name: str) -> "type[Trainer]":
     """The trainer class for ``name`` (registered name, ``module:Class`` or ``file.py:Class``)."""
     from autoseg.trainers.base import Trainer
 
     _load_builtins()
-    if name in _TRAINERS:
-        return _TRAINERS[name]
-    if ":" in name:
-        target, attr = name.rsplit(":", 1)
-        if target.endswith(".py") or "/" in target or "\\" in target:
-            module = _load_from_file(Path(target).expanduser(), attr)
-        else:
-            try:
-                module = importlib.import_module(target)
-            except ModuleNotFoundError as e:
-                raise TrainerNotFound(f"cannot import module '{target}' for trainer '{name}' ({e})") from None
-        cls = getattr(module, attr, None)
-        if cls is None:
-            raise TrainerNotFound(f"'{target}' has no class '{attr}'")
-        if not (isinstance(cls, type) and issubclass(cls, Trainer)):
-            raise TrainerNotFound(f"'{name}' is not a subclass of autoseg.trainers.base.Trainer")
-        return cls
-    raise TrainerNotFound(f"unknown trainer '{name}'; registered: {', '.join(sorted(_TRAINERS))}, "
-                          "or give 'module:Class' / 'path/to/file.py:Class'")
+    return load_plugin(name, "trainer", Trainer, _TRAINERS, error=TrainerNotFound)

@@ -17,15 +17,12 @@ import re
 from pathlib import Path
 
 from autoseg.atomic import read_json, write_json
+from autoseg.errors import SplitError
 from autoseg.workspace import DatasetWorkspace
 
 DEFAULT_FOLDS = 5
 SPLIT_SEED = 12345
 AUTO_GROUP_REGEX = r"^(.+?)[_-](?:frame|time|tp|timepoint|visit|scan|ses|session|phase)[_-]?\d+$"
-
-
-class SplitError(Exception):
-    """Splits cannot be made or a fold does not exist; the message says why."""
 
 
 def case_groups(case_ids: list[str], group_regex: str | None = None) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoseg.cli import UserError
+from autoseg.errors import UserError
 from autoseg.trainers.base import Trainer
 from autoseg.trainers.registry import register_trainer
 
