@@ -4,7 +4,7 @@
         --workspace /tmp/ws_atlas --folds 0 1 2 --budget-min 60 [--refine 50] [--seed 0]
 
 Per fold: `autoseg train` of `unet` and `atlas_istn` with the same --time-budget, then the
-fold's validation images are predicted clean and corrupted (autoseg.evaluation.corruption,
+fold's validation images are predicted clean and corrupted (benchmarks/corruption.py,
 seed = --seed + case index), with the U-Net, and with Atlas-ISTN one-pass (--refine 0, which
 also gives the ITN output) and refined (--refine N). Writes into the workspace:
 
@@ -66,7 +66,7 @@ def _finite(x: Any) -> float | None:
 def case_record(ref: np.ndarray, pred: np.ndarray, spacing, labels: list[int]) -> dict[str, Any]:
     """Per-case scores; the empty-prediction rule of the module docstring."""
     from autoseg.evaluation.metrics import compute_case_metrics
-    from autoseg.evaluation.topology import topology_plausible
+    from topology import topology_plausible
 
     m = compute_case_metrics(ref, pred, spacing, labels)
     fg = [v for v in labels if v != 0]
@@ -207,7 +207,7 @@ def main() -> int:
     from autoseg.atomic import atomic_path, read_json, write_json
     from autoseg.dataset.imageio import read_image, read_label, write_image
     from autoseg.dataset.layout import load_dataset
-    from autoseg.evaluation.corruption import corrupt
+    from corruption import corrupt
     from autoseg.workspace import resolve_dataset
 
     spec = load_dataset(args.raw)

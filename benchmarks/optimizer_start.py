@@ -19,8 +19,9 @@ import torch
 from autoseg.atomic import read_json
 from autoseg.networks import build_network, deep_supervision_scales
 from autoseg.planners.plans import Plans
-from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms
-from autoseg.trainers.data_loader import PatchSampler
+from autoseg.trainers.augmentation import build_train_transforms
+from autoseg.trainers.batch_loader import TrainingBatches
+from autoseg.trainers.patch_sampler import PatchSampler
 from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
 
 

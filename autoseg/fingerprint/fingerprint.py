@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import get_bbox_from_mask
 from scipy import ndimage
 
 from autoseg.atomic import read_json, write_json
-from autoseg.dataset.imageio import ImageReadError, read_image, read_label
+from autoseg.dataset.imageio import ImageReadError, read_channels, read_label
 from autoseg.dataset.layout import Case, DatasetSpec
 from autoseg.errors import DatasetError, Problem
 # One definition of "the nonzero region" for the fingerprint and preprocessing, so the
 # planned shapes are the shapes preprocessing will produce.
-from autoseg.preprocessing.cropping import nonzero_bbox
 
 FINGERPRINT_VERSION = 1
 SAMPLES_PER_CASE = 10_000
@@ -125,18 +125,21 @@ class _CaseProblem(Exception):
         self.problem = problem
 
 
+def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
+    """Half-open box ``[[z0, z1], [y0, y1], [x0, x1]]`` of the voxels where any channel of ``image``
+    ``(C, Z, Y, X)`` is nonzero: what preprocessing crops to, so the fingerprint measures it.
+
+    An image with no nonzero voxel keeps its full extent (cropping it to nothing would leave
+    nothing to predict on).
+    """
+    if image.ndim != 4:
+        raise ValueError(f"expected (C, Z, Y, X), got shape {image.shape}")
+    return [[int(lo), int(hi)] for lo, hi in get_bbox_from_mask(np.any(image != 0, axis=0))]
+
+
 def read_case(case: Case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
     """Image ``(C, Z, Y, X)`` (one file per channel, or one multi-channel file), label, spacing."""
-    arrays, geometry = [], None
-    for f in case.image_files:
-        arr, geo = read_image(f)
-        arrays.append(arr)
-        geometry = geometry or geo
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) > 1:
-        raise _CaseProblem(Problem(f"channel files differ in shape: {', '.join(str(list(s)) for s in shapes)}",
-                                   case.case_id, str(case.image_files[0])))
-    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    image, geometry = read_channels(case.image_files)
     label = read_label(case.label_file)[0] if case.label_file is not None else None
     return image, label, geometry.spacing
 

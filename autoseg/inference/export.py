@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.planners.plans import ConfigurationPlan, Plans
@@ -41,7 +42,7 @@ def to_original_geometry(
     original_shape = tuple(int(s) for s in properties["original_shape"])
     crop_shape = tuple(int(s) for s in properties["shape_after_crop"])
     bbox = properties["crop_bbox"]
-    inside = tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
+    inside = bounding_box_to_slice([[int(lo), int(hi)] for lo, hi in bbox])
     if "separate_axis" in properties:
         axis = properties["separate_axis"]
     else:

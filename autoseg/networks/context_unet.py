@@ -1,7 +1,7 @@
 """2.5D U-Net: a 2D U-Net fed ``K`` adjacent slices as channels, predicting the centre slice.
 
 Input ``(N, C * K, Y, X)``, channel order channel-major: ``[c0 z-h .. c0 z+h, c1 z-h .. c1 z+h, ...]``
-with ``h = K // 2`` (what ``autoseg.trainers.data_loader.ContextSlicePatchSampler`` and
+with ``h = K // 2`` (what ``autoseg.trainers.patch_sampler.ContextSlicePatchSampler`` and
 ``autoseg.inference.sliding_window`` build). The attribute :attr:`context_slices` tells the
 sliding window to stack each slice with its neighbours; slices beyond the volume repeat the
 edge slice.

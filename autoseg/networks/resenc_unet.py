@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autoseg.networks.layers import ConvNormAct, avg_pool, conv, init_weights, norm
-from autoseg.networks.unet import EncoderDecoder, UNetDecoder, check_topology, total_stride
+from autoseg.networks.unet import EncoderDecoder, UNetDecoder
 from autoseg.planners.plans import NetworkTopology
 
 DEFAULT_BLOCKS = (1, 2, 2, 3, 3, 3, 3, 3)
@@ -45,11 +45,7 @@ class BasicBlock(nn.Module):
 class ResEncUNet(EncoderDecoder):
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int,
                  deep_supervision: bool = True, blocks_per_stage: Sequence[int] | None = None) -> None:
-        super().__init__()
-        check_topology(topology, dim)
-        self.dim = dim
-        self.deep_supervision = deep_supervision
-        self.total_stride = total_stride(topology)
+        super().__init__(topology, dim, deep_supervision)
         n = topology.n_stages
         if blocks_per_stage is None:
             blocks_per_stage = [DEFAULT_BLOCKS[min(s, len(DEFAULT_BLOCKS) - 1)] for s in range(n)]

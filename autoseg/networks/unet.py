@@ -83,9 +83,12 @@ class EncoderDecoder(nn.Module):
     """What every U-Net variant shares: an optional stem, encoder stages whose outputs are the
     skips, and :class:`UNetDecoder`. Subclasses build ``stem``, ``encoder`` and ``decoder``."""
 
-    dim: int
-    deep_supervision: bool
-    total_stride: list[int]
+    def __init__(self, topology: NetworkTopology, dim: int, deep_supervision: bool) -> None:
+        super().__init__()
+        check_topology(topology, dim)
+        self.dim = dim
+        self.deep_supervision = deep_supervision
+        self.total_stride = total_stride(topology)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -103,11 +106,7 @@ class EncoderDecoder(nn.Module):
 class UNet(EncoderDecoder):
     def __init__(self, in_channels: int, num_classes: int, topology: NetworkTopology, dim: int,
                  deep_supervision: bool = True) -> None:
-        super().__init__()
-        check_topology(topology, dim)
-        self.dim = dim
-        self.deep_supervision = deep_supervision
-        self.total_stride = total_stride(topology)
+        super().__init__(topology, dim, deep_supervision)
         f = topology.features_per_stage
         self.encoder = nn.ModuleList()
         prev = in_channels

@@ -95,7 +95,7 @@ class ConfigurationPlan:
     inference_patch_size: list[int] | None = None
     # Probability that a random (not foreground-forced) training patch sits flush with one end
     # of an axis, so small patches see the edge of the field of view that sliding windows tile
-    # (trainers.data_loader.PatchSampler). The planner leaves 0 (uniform positions): on ACDC 0.2
+    # (trainers.patch_sampler.PatchSampler). The planner leaves 0 (uniform positions): on ACDC 0.2
     # removed the hybrid's far islands but did not raise its postprocessed Dice
     # (documentation/hybrid.md, "Islands"); a user or a benchmark variant may set it.
     edge_flush: float = 0.0

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.atomic import read_json, write_json
+from autoseg.atomic import read_json
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.postprocessing.connected_components import keep_largest_component

@@ -36,7 +36,7 @@ from autoseg.errors import UserError
 from autoseg.networks.stn import atlas_losses
 from autoseg.preprocessing.atlas_grid import atlas_grid_from_labels, crop_to_box, foreground_center, grid_box
 from autoseg.trainers.base import Trainer
-from autoseg.trainers.data_loader import PatchLocation, PatchSampler
+from autoseg.trainers.patch_sampler import PatchLocation, PatchSampler
 from autoseg.trainers.registry import register_trainer
 
 def one_hot(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -163,7 +163,7 @@ class AtlasISTNTrainer(Trainer):
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         if not train:
             return super().build_batches(case_ids, train, seed)
-        from autoseg.trainers.augmentation import TrainingBatches
+        from autoseg.trainers.batch_loader import TrainingBatches
 
         transforms = atlas_train_transforms(self.atlas_grid, self.config.dim, self.config.anisotropic,
                                             self.deep_supervision_scales(), self.augmentation)
@@ -203,17 +203,11 @@ class AtlasISTNTrainer(Trainer):
         lreg = smoothness_loss(reg.velocity)
         stn_loss = la2s + ls2a + self.reg_weight * lreg
         loss = loss_s + omega * stn_loss
-        if self.scaler is not None:
-            self.scaler.scale(loss_s).backward()
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        if self.scaler is not None:  # fp16: only the ITN's loss is scaled; the STN's stays fp32
+            self._backward_and_step(loss_s)
             stn_loss.backward()
-        else:
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.optimizer.step()
+        else:  # the STN's input is detached: this reaches the ITN with Ls's gradient only
+            self._backward_and_step(loss)
         nn.utils.clip_grad_norm_(self.stn.parameters(), self.grad_clip)
         self.stn_optimizer.step()
         with torch.no_grad():

@@ -252,7 +252,7 @@ class Trainer:
 
     def build_sampler(self, case_ids: list[str], seed: int) -> Any:
         """Where patches come from (subclasses change what a sample is, e.g. 2.5D slice stacks)."""
-        from autoseg.trainers.data_loader import PatchSampler
+        from autoseg.trainers.patch_sampler import PatchSampler
 
         return PatchSampler(self.preprocessed_dir, case_ids, self.config.patch_size, self.config.dim,
                             self.config.batch_size, oversample_foreground=self.oversample_foreground, seed=seed,
@@ -260,7 +260,8 @@ class Trainer:
 
     def build_batches(self, case_ids: list[str], train: bool, seed: int) -> Iterator[dict[str, Any]]:
         """Endless batches ``{"data": (B, C, *patch), "target": [full-res first]}``."""
-        from autoseg.trainers.augmentation import TrainingBatches, build_train_transforms, build_val_transforms
+        from autoseg.trainers.augmentation import build_train_transforms, build_val_transforms
+        from autoseg.trainers.batch_loader import TrainingBatches
 
         scales = self.deep_supervision_scales()
         sampler = self.build_sampler(case_ids, seed)
@@ -388,6 +389,11 @@ class Trainer:
         with self._autocast():
             output = self.network(data)
             loss = self.loss(output, target)
+        self._backward_and_step(loss)
+        return float(loss.detach())
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss``, clip the network's gradient and step its optimizer."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -406,7 +412,6 @@ class Trainer:
                 # long under a 3-kernel (documentation/training.md, "Non-finite steps").
                 self.optimizer.zero_grad(set_to_none=True)
                 self._skipped_steps += 1
-        return float(loss.detach())
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> tuple[float, np.ndarray]:

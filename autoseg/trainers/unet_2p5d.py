@@ -26,7 +26,7 @@ class UNet2p5dTrainer(Trainer):
         return len(self.plans.channel_names) * self.context_slices
 
     def build_sampler(self, case_ids: list[str], seed: int) -> Any:
-        from autoseg.trainers.data_loader import ContextSlicePatchSampler
+        from autoseg.trainers.patch_sampler import ContextSlicePatchSampler
 
         if self.config.dim != 2:
             raise UserError(f"trainer '{self.results_name()}' needs a 2D configuration ('2d'), "

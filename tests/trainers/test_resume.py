@@ -8,7 +8,7 @@ import time
 import torch
 
 from autoseg.atomic import read_json
-from test_trainer import make_workspace
+from tests.trainers.test_base import make_workspace
 
 
 def test_resume_after_sigkill(tmp_path):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from autoseg.trainers.data_loader import PatchLocation, PatchSampler
+from autoseg.trainers.patch_sampler import PatchLocation, PatchSampler
 
 
 def write_case(folder, case_id, shape, channels=1, seed=0, with_fg=True):

@@ -14,9 +14,9 @@ from autoseg.preprocessing.runner import SETTINGS_FILE, preprocess_dataset
 from autoseg.synthetic import make_dataset
 from autoseg.workspace import DatasetWorkspace
 
-from test_preprocessing import make_plans
+from tests.preprocessing.test_pipeline import make_plans
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

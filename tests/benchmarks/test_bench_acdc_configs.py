@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from acdc_cv_table import average_reruns, fold_differences, rerun_spread  # noqa: E402
 from acdc_islands import islands  # noqa: E402
 

@@ -1,22 +1,17 @@
 """Atlas-ISTN: grid helpers, atlas update, gradient isolation, refinement, end to end; evaluation helpers."""
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from autoseg.evaluation.corruption import corrupt
-from autoseg.evaluation.topology import component_counts, topology_plausible
 from autoseg.inference.atlas_refinement import refine_stn, refinement_loss
 from autoseg.networks.stn import SpatialTransformer
 from autoseg.preprocessing.atlas_grid import (atlas_grid_from_labels, crop_to_box, foreground_center, grid_box,
                                               uncrop_from_box)
 from autoseg.trainers.atlas_istn import atlas_train_transforms, atlas_update, sigmoid_rampup
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import make_workspace  # noqa: E402
+from tests.trainers.test_base import make_workspace
 
 
 def blob(shape, center, radius):
@@ -109,32 +104,6 @@ def test_refinement_reduces_loss_and_leaves_itn_alone():
     assert all(torch.equal(stn_state[k], v) for k, v in stn.state_dict().items())  # the original is untouched
     assert all(p.grad is None for p in itn.parameters())
     assert all(torch.equal(itn_state[k], v) for k, v in itn.state_dict().items())
-
-
-def test_topology_check():
-    seg = np.zeros((10, 10, 10), np.uint8)
-    seg[2:5, 2:5, 2:5] = 1
-    seg[2:5, 5:8, 2:5] = 2
-    assert topology_plausible(seg, [0, 1, 2])
-    seg2 = seg.copy()
-    seg2[8, 8, 8] = 1  # an island
-    assert not topology_plausible(seg2, [0, 1, 2]) and component_counts(seg2, [0, 1, 2]) == {1: 2, 2: 1}
-    assert not topology_plausible(np.where(seg == 2, 0, seg), [0, 1, 2])  # a missing class
-    diag = np.zeros((4, 4, 4), np.uint8)
-    diag[0, 0, 0] = diag[1, 1, 1] = 1
-    assert topology_plausible(diag, [0, 1]) and not topology_plausible(diag, [0, 1], connectivity=1)
-
-
-def test_corruption_is_seeded():
-    x = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
-    a, b, c = corrupt(x, 7), corrupt(x, 7), corrupt(x, 8)
-    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.shape == x.shape and a.dtype == np.float32
-    missing = corrupt(x, 7, kinds=("missing_slices",))
-    flat = [z for z in range(12) if np.all(missing[z] == x.min())]
-    assert len(flat) == 2 and np.array_equal(np.delete(missing, flat, 0), np.delete(x, flat, 0))
-    assert np.array_equal(corrupt(x[None], 7), a[None])
-    with pytest.raises(ValueError):
-        corrupt(x, 0, kinds=("nope",))
 
 
 def test_train_and_predict_end_to_end(tmp_path):

@@ -8,7 +8,7 @@ from autoseg.errors import SplitError
 from autoseg.trainers.splits import case_groups, fold_cases, load_or_create_splits, make_splits
 from autoseg.workspace import DatasetWorkspace
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def acdc_ids() -> list[str]:

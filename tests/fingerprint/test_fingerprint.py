@@ -14,7 +14,7 @@ from autoseg.errors import DatasetError
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.synthetic import make_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GEO = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), 3)
 
 

@@ -2,22 +2,15 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from autoseg.trainers.augmentation import (Compose, SpatialTransform, TrainingBatches, build_train_transforms,
-                                           build_val_transforms, downsample_seg, make_batch)
-from autoseg.trainers.data_loader import PatchSampler
+from autoseg.trainers.augmentation import (SpatialTransform, build_train_transforms, build_val_transforms,
+                                           downsample_seg)
+from autoseg.trainers.batch_loader import make_batch
+from autoseg.trainers.patch_sampler import PatchSampler
 
-from test_data_loader import write_case
+from tests.trainers.test_patch_sampler import write_case
 
 SCALES_3D = [[1, 1, 1], [1, 2, 2], [2, 4, 4]]
-
-
-@pytest.fixture
-def sampler3d(tmp_path):
-    for i in range(3):
-        write_case(tmp_path, f"c{i}", (20, 32, 32), channels=2, seed=i)
-    return PatchSampler(tmp_path, ["c0", "c1", "c2"], (8, 16, 16), dim=3, batch_size=4, seed=1)
 
 
 def test_train_batch_shapes_and_labels_3d(sampler3d):
@@ -95,29 +88,6 @@ def test_val_transforms_only_targets():
     np.testing.assert_array_equal(out["data"], data)
     np.testing.assert_array_equal(out["target"][1], seg[:, :, ::2, ::2, ::2])
     assert downsample_seg(seg, [[1, 2, 4]])[0].shape == (2, 1, 8, 4, 2)
-
-
-@pytest.mark.parametrize("workers,backend", [(0, "thread"), (1, "thread"), (2, "thread"), (1, "process")])
-def test_training_batches_same_stream_for_any_workers(sampler3d, workers, backend):
-    t = build_train_transforms((8, 16, 16), 3, anisotropic=False, deep_supervision_scales=SCALES_3D)
-    ref = [make_batch(sampler3d, t, 0, i) for i in range(3)]
-    with TrainingBatches(sampler3d, t, num_workers=workers, seed=0, backend=backend) as it:
-        got = [next(it) for _ in range(3)]
-    for r, g in zip(ref, got):
-        assert g["data"].dtype == torch.float32 and g["data"].shape == (4, 2, 8, 16, 16)
-        assert g["target"][0].dtype == torch.int64 and len(g["target"]) == 3
-        np.testing.assert_array_equal(g["data"].numpy(), r["data"])
-        np.testing.assert_array_equal(g["target"][2].numpy(), r["target"][2])
-
-
-def test_worker_error_reaches_the_training_loop(sampler3d):
-    class Broken(Compose):
-        def apply(self, batch, params):
-            raise RuntimeError("boom")
-
-    with TrainingBatches(sampler3d, Broken([]), num_workers=1) as it:
-        with pytest.raises(RuntimeError, match="boom"):
-            next(it)
 
 
 def test_mirror_flips_data_and_seg_together():

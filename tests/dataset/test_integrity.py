@@ -13,7 +13,7 @@ from autoseg.dataset.layout import load_dataset
 from autoseg.errors import DatasetError
 from autoseg.synthetic import make_dataset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 # ---------------------------------------------------------------- helpers

@@ -14,12 +14,14 @@ from autoseg.planners.plans import (
     Plans,
     ResamplingPlan,
 )
-from autoseg.preprocessing.cropping import crop, crop_to_nonzero, nonzero_bbox, uncrop
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+from autoseg.preprocessing.cropping import crop, crop_to_nonzero, nonzero_bbox
 from autoseg.preprocessing.normalization import normalize, normalize_channel
 from autoseg.preprocessing.pipeline import labels_to_class_indices, preprocess_case, sample_class_locations
 from autoseg.preprocessing.resampling import compute_new_shape, resample
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def make_plans(spacing, dim=3, separate_axis=None, label_values=(0, 1, 2), norm=None, channels=1) -> tuple[Plans, ConfigurationPlan]:
@@ -53,14 +55,14 @@ def test_crop_uncrop_round_trip():
     cropped, cropped_label, bbox = crop_to_nonzero(image, label)
     assert bbox == [[2, 8], [3, 9], [4, 12]]
     assert cropped.shape == (2, 6, 6, 8) and cropped_label.shape == (6, 6, 8)
-    np.testing.assert_array_equal(uncrop(cropped, bbox, image.shape[1:], 0), image)
-    np.testing.assert_array_equal(uncrop(cropped_label, bbox, label.shape, 0), label)
-    # a (K, ...) probability map uncrops with a fill value
+    # the box puts a result back where it came from (acvl-utils, as export does)
+    np.testing.assert_array_equal(insert_crop_into_image(np.zeros_like(image), cropped, bbox), image)
+    np.testing.assert_array_equal(insert_crop_into_image(np.zeros_like(label), cropped_label, bbox), label)
     probs = np.full((3,) + cropped.shape[1:], 0.5, np.float32)
-    full = uncrop(probs, bbox, image.shape[1:], fill=0.25)
+    full = insert_crop_into_image(np.full((3, 10, 12, 14), 0.25, np.float32), probs, bbox)
     assert full.shape == (3, 10, 12, 14) and full[0, 0, 0, 0] == 0.25 and full[1, 2, 3, 4] == 0.5
     with pytest.raises(ValueError):
-        uncrop(probs[:, :-1], bbox, image.shape[1:])
+        insert_crop_into_image(np.zeros((3, 10, 12, 14)), probs[:, :-1], bbox)
 
 
 def test_all_zero_image_keeps_full_extent():

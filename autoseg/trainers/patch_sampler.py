@@ -13,14 +13,15 @@ removed only background), so 0 is the true class there, not a guess to be ignore
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from autoseg.errors import UserError
+from autoseg.preprocessing.preprocessed import PreprocessedFolder
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class PatchSampler:
         if not case_ids:
             raise ValueError("PatchSampler needs at least one case")
         self.preprocessed_dir = Path(preprocessed_dir)
+        self.folder = PreprocessedFolder(self.preprocessed_dir)
         self.case_ids = list(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.dim = dim
@@ -76,10 +78,9 @@ class PatchSampler:
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._locations: dict[str, dict[int, np.ndarray]] = {}
         for case in self.case_ids:
-            for suffix in (".npy", "_seg.npy", ".json"):
-                path = self.preprocessed_dir / f"{case}{suffix}"
-                if not path.is_file():
-                    raise UserError(f"{path}: missing; re-run preprocessing for this configuration")
+            missing = self.folder.missing_files(case)
+            if missing:
+                raise UserError(f"{missing[0]}: missing; re-run preprocessing for this configuration")
 
     # Memmaps and parsed locations are per process; a worker process reopens its own.
     def __getstate__(self) -> dict:
@@ -96,20 +97,18 @@ class PatchSampler:
     def arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(data (C,Z,Y,X) float32, seg (Z,Y,X) int16) as read-only memmaps, opened once."""
         if case_id not in self._arrays:
-            data = np.load(self.preprocessed_dir / f"{case_id}.npy", mmap_mode="r")
-            seg = np.load(self.preprocessed_dir / f"{case_id}_seg.npy", mmap_mode="r")
+            data = self.folder.load_data(case_id, mmap=True)
+            seg = self.folder.load_seg(case_id, mmap=True)
             if data.ndim != 4 or seg.shape != data.shape[1:]:
-                raise UserError(f"{self.preprocessed_dir / case_id}.npy: data shape {data.shape} and seg shape "
+                raise UserError(f"{self.folder.data_file(case_id)}: data shape {data.shape} and seg shape "
                                    f"{seg.shape} do not match the (C,Z,Y,X)/(Z,Y,X) convention")
             self._arrays[case_id] = (data, seg)
         return self._arrays[case_id]
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
         if case_id not in self._locations:
-            with open(self.preprocessed_dir / f"{case_id}.json", encoding="utf-8") as f:
-                props = json.load(f)
             locs = {}
-            for cls, points in props.get("class_locations", {}).items():
+            for cls, points in self.folder.load_properties(case_id).get("class_locations", {}).items():
                 if int(cls) > 0 and len(points):
                     locs[int(cls)] = np.asarray(points, dtype=np.int64).reshape(-1, 3)
             self._locations[case_id] = locs
@@ -169,29 +168,15 @@ class PatchSampler:
         """
         size = self.patch_size if size is None else tuple(int(s) for s in size)
         data, seg = self.arrays(location.case_id)
-        shape = seg.shape
-        if self.dim == 2:
-            z = location.center[0]
-            box = [(z, z + 1)]
-            spans = list(zip(location.center[1:], size, shape[1:]))
-        else:
-            box = []
-            spans = list(zip(location.center, size, shape))
-        pads = []
-        for c, s, n in spans:
-            lo = c - s // 2
-            box.append((max(lo, 0), min(lo + s, n)))
-            pads.append((max(0, -lo), max(0, lo + s - n)))
-        sl = tuple(slice(a, b) for a, b in box)
-        d = np.asarray(data[(slice(None),) + sl], dtype=np.float32)
-        g = np.asarray(seg[sl], dtype=np.int16)
+        z = location.center[0]
+        box = [] if self.dim == 3 else [[z, z + 1]]
+        for c, s in zip(location.center[3 - self.dim:], size):
+            box.append([c - s // 2, c - s // 2 + s])
+        d = crop_and_pad_nd(data, box, cast_cropped_to=np.float32)
+        g = crop_and_pad_nd(seg, box, cast_cropped_to=np.int16)
         if self.dim == 2:
             d, g = d[:, 0], g[0]
-        g = g[None]
-        if any(p != (0, 0) for p in pads):
-            d = np.pad(d, [(0, 0)] + pads, mode="constant", constant_values=0)
-            g = np.pad(g, [(0, 0)] + pads, mode="constant", constant_values=0)
-        return d, g
+        return d, g[None]
 
     def sample_batch(self, rng: np.random.Generator | None = None, size: Sequence[int] | None = None,
                      locations: Sequence[PatchLocation] | None = None) -> tuple[np.ndarray, np.ndarray]:

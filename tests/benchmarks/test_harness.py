@@ -11,7 +11,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import harness  # noqa: E402
 
 from autoseg.synthetic import make_dataset  # noqa: E402

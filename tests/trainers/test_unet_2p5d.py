@@ -21,7 +21,7 @@ def _write_case(folder, cid, data, seg):
 
 
 def test_sampler_stacks_neighbours_and_centre_label(tmp_path):
-    from autoseg.trainers.data_loader import ContextSlicePatchSampler, PatchLocation
+    from autoseg.trainers.patch_sampler import ContextSlicePatchSampler, PatchLocation
 
     z = np.arange(5, dtype=np.float32)
     data = np.stack([np.broadcast_to(z[:, None, None], (5, 8, 8)), 100 + np.broadcast_to(z[:, None, None], (5, 8, 8))])
@@ -40,7 +40,7 @@ def test_sampler_stacks_neighbours_and_centre_label(tmp_path):
 
 
 def test_sampler_passes_edge_flush_on(tmp_path):
-    from autoseg.trainers.data_loader import ContextSlicePatchSampler
+    from autoseg.trainers.patch_sampler import ContextSlicePatchSampler
 
     _write_case(tmp_path, "c", np.zeros((1, 5, 20, 20), np.float32), np.zeros((5, 20, 20), np.int16))
     s = ContextSlicePatchSampler(tmp_path, ["c"], (8, 8), 4, context_slices=3, oversample_foreground=0,

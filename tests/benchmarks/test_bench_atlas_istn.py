@@ -2,14 +2,19 @@
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
-    "bench_atlas_istn", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_atlas_istn.py")
+    "bench_atlas_istn", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_atlas_istn.py")
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from corruption import corrupt  # noqa: E402
+from topology import component_counts, topology_plausible  # noqa: E402
 
 
 def _two_blobs():
@@ -58,3 +63,29 @@ def test_stale_reason(tmp_path):
     assert "refine 50" in bench.stale_reason(files, ckpt, (report, 50, ["a"]))
     os.utime(ckpt, (files[0].stat().st_mtime + 10,) * 2)  # retrained after predicting
     assert "older than" in bench.stale_reason(files, ckpt, None)
+
+
+def test_topology_check():
+    seg = np.zeros((10, 10, 10), np.uint8)
+    seg[2:5, 2:5, 2:5] = 1
+    seg[2:5, 5:8, 2:5] = 2
+    assert topology_plausible(seg, [0, 1, 2])
+    seg2 = seg.copy()
+    seg2[8, 8, 8] = 1  # an island
+    assert not topology_plausible(seg2, [0, 1, 2]) and component_counts(seg2, [0, 1, 2]) == {1: 2, 2: 1}
+    assert not topology_plausible(np.where(seg == 2, 0, seg), [0, 1, 2])  # a missing class
+    diag = np.zeros((4, 4, 4), np.uint8)
+    diag[0, 0, 0] = diag[1, 1, 1] = 1
+    assert topology_plausible(diag, [0, 1]) and not topology_plausible(diag, [0, 1], connectivity=1)
+
+
+def test_corruption_is_seeded():
+    x = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+    a, b, c = corrupt(x, 7), corrupt(x, 7), corrupt(x, 8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and a.shape == x.shape and a.dtype == np.float32
+    missing = corrupt(x, 7, kinds=("missing_slices",))
+    flat = [z for z in range(12) if np.all(missing[z] == x.min())]
+    assert len(flat) == 2 and np.array_equal(np.delete(missing, flat, 0), np.delete(x, flat, 0))
+    assert np.array_equal(corrupt(x[None], 7), a[None])
+    with pytest.raises(ValueError):
+        corrupt(x, 0, kinds=("nope",))

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from autoseg.evaluation.metrics import binary_metrics, compute_case_metrics, image_diagonal_mm
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _img(mask: np.ndarray, spacing) -> sitk.Image:

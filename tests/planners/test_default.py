@@ -16,7 +16,7 @@ from autoseg.planners.default import CPU_FLOPS_PER_ITERATION, DefaultPlanner
 from autoseg.planners.plans import Plans
 from autoseg.planners.topology import fit_patch, plan_topology, total_stride, training_flops, training_memory_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "documentation" / "examples"
 DATA = REPO.parent / "shared" / "data"
 
