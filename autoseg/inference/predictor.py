@@ -95,6 +95,7 @@ class Predictor:
             raise UserError(f"checkpoint(s) missing: {', '.join(missing)}"
                             + (f"; available: {', '.join(have)} (choose folds with -f)" if have else
                                "; train the model first (autoseg train)"))
+        recorded = read_json(plans_file)  # which fields the model's plans copy was written with
         networks, configuration, mirror_axes = [], None, None
         for f in files:
             state = load_checkpoint(f, map_location="cpu")
@@ -105,7 +106,7 @@ class Predictor:
                 config = plans.configuration(configuration)
             except KeyError as e:
                 raise UserError(f"{plans_file}: {e.args[0]}") from None
-            if "architecture" not in read_json(plans_file)["configurations"][configuration]:
+            if "architecture" not in recorded["configurations"][configuration]:
                 # model folders trained before plans recorded the network name it in the checkpoint
                 config = dataclasses.replace(config, architecture=state.get("architecture", "unet"))
                 plans.configurations[configuration] = config
