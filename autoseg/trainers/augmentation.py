@@ -259,8 +259,7 @@ class Contrast(Transform):
         self.factor, self.p = factor, p
 
     def sample(self, rng: np.random.Generator, n: int, channels: int) -> list:
-        return [[_two_sided(rng, self.factor) for _ in range(channels)] if rng.uniform() < self.p else None
-                for _ in range(n)]
+        return _two_sided_per_channel(rng, n, channels, self.p, self.factor)
 
     def apply(self, batch: Batch, params: list) -> Batch:
         for b, p in enumerate(params):
@@ -310,8 +309,7 @@ class Gamma(Transform):
         self.gamma, self.p, self.invert = gamma, p, invert
 
     def sample(self, rng: np.random.Generator, n: int, channels: int) -> list:
-        return [[_two_sided(rng, self.gamma) for _ in range(channels)] if rng.uniform() < self.p else None
-                for _ in range(n)]
+        return _two_sided_per_channel(rng, n, channels, self.p, self.gamma)
 
     def apply(self, batch: Batch, params: list) -> Batch:
         for b, p in enumerate(params):
@@ -335,6 +333,12 @@ def _two_sided(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     if lo < 1 < hi and rng.uniform() < 0.5:
         return float(rng.uniform(lo, 1.0))
     return float(rng.uniform(max(lo, 1.0), hi)) if lo < 1 < hi else float(rng.uniform(lo, hi))
+
+
+def _two_sided_per_channel(rng: np.random.Generator, n: int, channels: int, p: float,
+                           bounds: tuple[float, float]) -> list[list[float] | None]:
+    """Per sample, with probability ``p``, one :func:`_two_sided` factor per channel."""
+    return [[_two_sided(rng, bounds) for _ in range(channels)] if rng.uniform() < p else None for _ in range(n)]
 
 
 AUGMENTATION_STRENGTHS = ("full", "light")
