@@ -23,14 +23,14 @@ _CACHE: dict[tuple, Any] = {}
 
 def _predictors(model_folder, dataset, configuration, folds, workspace, trainer, checkpoint, device, tta,
                 overlap, precision) -> tuple[list, dict | None]:
-    from autoseg.inference.predictor import Predictor, _fold_names
-    from autoseg.postprocessing.selection import models_to_predict
+    from autoseg.inference.predictor import Predictor, fold_names
+    from autoseg.postprocessing.selection import DEFAULT_FOLDS, models_to_predict
     from autoseg.workspace import resolve_dataset
 
-    fold_list = None if folds is None else _fold_names(folds)
+    fold_list = None if folds is None else fold_names(folds)
     if model_folder is not None:
         post, folders = None, [Path(model_folder)]
-        fold_list = fold_list or ["0", "1", "2", "3", "4"]
+        fold_list = fold_list or fold_names(DEFAULT_FOLDS)
     else:
         if dataset is None:
             raise UserError("autoseg.predict needs model_folder= or dataset=")

@@ -37,7 +37,8 @@ from autoseg.postprocessing.ensemble import average_probabilities, segmentation_
 CHECKPOINTS = ("final", "best", "latest")
 
 
-def _fold_names(folds: Iterable[int | str] | str | int) -> list[str]:
+def fold_names(folds: Iterable[int | str] | str | int) -> list[str]:
+    """Fold names as folders name them (``"0"``, ``"all"``), from an int, a string or a list."""
     if isinstance(folds, (str, int)):
         folds = [folds]
     return [str(f) for f in folds]
@@ -87,8 +88,8 @@ class Predictor:
             raise UserError(f"{plans_file}: {e}") from None
         if checkpoint not in CHECKPOINTS:
             raise UserError(f"checkpoint '{checkpoint}': choose {', '.join(CHECKPOINTS)}")
-        fold_names = _fold_names(folds)
-        files = [model_folder / f"fold_{f}" / f"checkpoint_{checkpoint}.pt" for f in fold_names]
+        names = fold_names(folds)
+        files = [model_folder / f"fold_{f}" / f"checkpoint_{checkpoint}.pt" for f in names]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             have = sorted(p.parent.name for p in model_folder.glob(f"fold_*/checkpoint_{checkpoint}.pt"))
@@ -121,7 +122,7 @@ class Predictor:
         predictor = cls(plans, configuration, networks, device=device, tta=tta, overlap=overlap, precision=precision,
                         mirror_axes=sorted(mirror_axes) if mirror_axes is not None else None)
         predictor.model_folder = model_folder
-        predictor.folds = fold_names
+        predictor.folds = names
         return predictor
 
     @property

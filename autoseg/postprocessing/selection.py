@@ -132,9 +132,8 @@ def models_to_predict(ws: "DatasetWorkspace", configuration: str | None, trainer
                     no_postprocessing: bool = False) -> tuple[list[tuple[str, str]], list[str], dict | None]:
     """(trainer, configuration) pairs, folds and postprocessing spec to predict with: the named
     configuration, else what best_configuration.json selected."""
-    default_folds = ["0", "1", "2", "3", "4"]
     if configuration:
-        return [(trainer, configuration)], folds or default_folds, None
+        return [(trainer, configuration)], folds or [str(k) for k in DEFAULT_FOLDS], None
     selection = Selection.load(ws.best_configuration_file)
     members = [(m.trainer, m.configuration) for m in selection.models]
     post = None if no_postprocessing else selection.selected.postprocessing
