@@ -50,9 +50,9 @@ def with_torch_instance_norm(net: nn.Module, dim: int) -> nn.Module:
     return net
 
 
-def make_step(plans: Plans, config, architecture: str, torch_norm: bool, channels_last: bool) -> Callable[[], None]:
+def make_step(plans: Plans, config, torch_norm: bool, channels_last: bool) -> Callable[[], None]:
     torch.manual_seed(0)
-    net = build_network(plans, config, architecture=architecture)
+    net = build_network(plans, config)
     if torch_norm:
         net = with_torch_instance_norm(net, config.dim)
     fmt = ({2: torch.channels_last, 3: torch.channels_last_3d}[config.dim] if channels_last
@@ -67,9 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     plans, config = plan_from_arguments(args)
     variants = {
-        "instance norm, channels-last": make_step(plans, config, args.architecture, True, True),
-        "instance norm, contiguous": make_step(plans, config, args.architecture, True, False),
-        "group-norm form, contiguous": make_step(plans, config, args.architecture, False, False),
+        "instance norm, channels-last": make_step(plans, config, True, True),
+        "instance norm, contiguous": make_step(plans, config, True, False),
+        "group-norm form, contiguous": make_step(plans, config, False, False),
     }
     times = interleaved_times(variants, args.steps)
     print(f"{args.plans.name} {args.configuration} {args.architecture}, {args.threads} threads, {args.steps} steps each")

@@ -11,6 +11,7 @@ self CPU time, and the share of ``aten::copy_`` (dtype and memory-layout convers
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,8 +32,9 @@ def synthetic_train_step(plans: Plans, config, net: torch.nn.Module,
     patch and batch size: bf16 autocast forward, deep-supervision Dice + CE in fp32, backward, Adam."""
     net = net.to(memory_format=memory_format)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn(config.batch_size, len(plans.channel_names), *config.patch_size).contiguous(
-        memory_format=memory_format)
+    # a 2.5D network takes each channel's neighbouring slices as channels
+    channels = len(plans.channel_names) * int(getattr(net, "context_slices", 1))
+    x = torch.randn(config.batch_size, channels, *config.patch_size).contiguous(memory_format=memory_format)
     scales = deep_supervision_scales(config.network)
     targets = [torch.randint(0, plans.num_classes, (config.batch_size, 1,
                                                     *[int(round(p / s)) for p, s in zip(config.patch_size, sc)]))
@@ -42,6 +44,7 @@ def synthetic_train_step(plans: Plans, config, net: torch.nn.Module,
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(x)
+        out = [out] if isinstance(out, torch.Tensor) else out  # networks without deep supervision
         loss = loss_fn([o.float() for o in out], targets[:len(out)])
         opt.zero_grad()
         loss.backward()
@@ -77,7 +80,7 @@ def plan_from_arguments(args: argparse.Namespace) -> tuple[Plans, ConfigurationP
     """The plans and configuration :func:`add_plan_arguments` names; sets torch's thread count."""
     torch.set_num_threads(args.threads)
     plans = Plans.load(args.plans)
-    return plans, plans.configuration(args.configuration)
+    return plans, dataclasses.replace(plans.configuration(args.configuration), architecture=args.architecture)
 
 
 def main() -> None:
@@ -86,7 +89,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=12)
     args = ap.parse_args()
     plans, config = plan_from_arguments(args)
-    step = synthetic_train_step(plans, config, build_network(plans, config, architecture=args.architecture))
+    step = synthetic_train_step(plans, config, build_network(plans, config))
 
     for _ in range(2):
         step()

@@ -14,8 +14,12 @@ patient stay in one fold. An interrupted run resumes with --continue."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from autoseg.trainers.registry import trainer_listing
+
+    epilog = ("trainers (--trainer; dimensions of the configurations each trains; parameter counts and "
+              "speed in documentation/networks.md):\n" + trainer_listing())
     p = subparsers.add_parser("train", help="train one fold of a configuration", description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", metavar="DATASET", help="dataset name in the workspace, or the raw dataset folder")
     p.add_argument("configuration", metavar="CONFIGURATION", help="a planned configuration, e.g. 3d_fullres or 2d")
     p.add_argument("fold", metavar="FOLD", help="fold 0-4, or 'all' to train on every case")
@@ -41,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="full: nnU-Net's set (rotation, scaling, noise, blur, intensity, low resolution, mirroring); "
                         "light: mirroring and intensity only; auto (default): light for runs of at most 60 "
                         "minutes or 20,000 iterations, full otherwise")
+    p.add_argument("--loss", default=None, metavar="NAME",
+                   help="dice_ce: Dice + cross-entropy (default); dice_squared: V-Net's Dice; mse: MSE on one-hot "
+                        "targets; focal_dice: focal loss + Dice (documentation/training.md)")
     p.add_argument("--num-workers", type=int, default=None, help="background augmentation threads (default 1 on CPU: measured fastest on 2 cores)")
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from checkpoint_latest.pt (optimizer, LR schedule, epoch, RNG)")
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget_min=args.time_budget, device=args.device, precision=args.precision,
         num_workers=args.num_workers, final_validation=not args.no_validation,
         continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed,
-        optimizer=args.optimizer, augmentation=args.augmentation)
+        optimizer=args.optimizer, augmentation=args.augmentation, loss=args.loss)
     trainer = trainer_cls(ws, args.configuration, args.fold, settings)
     try:
         summary = trainer.run()

@@ -6,6 +6,7 @@ architecture plugs in with one line there) or a user's ``module:Class`` / ``file
 """
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
     from autoseg.planners.plans import ConfigurationPlan, NetworkTopology, Plans
 
-# every class takes (in_channels, num_classes, topology, dim, deep_supervision)
+# every class takes (in_channels, num_classes, topology, dim, deep_supervision), and patch_size
+# where its constructor declares it
 ARCHITECTURES: dict[str, type] = {
     "unet": UNet,
     "resenc_unet": ResEncUNet,
@@ -36,12 +38,17 @@ def build_network(plans: "Plans", config: "ConfigurationPlan", deep_supervision:
     from autoseg.plugins import load_plugin
 
     cls = load_plugin(config.architecture, "architecture", nn.Module, ARCHITECTURES)
+    kwargs = {}
+    # networks with a fixed input grid (a ViT's patch embedding) also get the planned patch size
+    if "patch_size" in inspect.signature(cls).parameters:
+        kwargs["patch_size"] = list(config.patch_size)
     return cls(
         in_channels=len(plans.channel_names),
         num_classes=plans.num_classes,
         topology=config.network,
         dim=config.dim,
         deep_supervision=deep_supervision,
+        **kwargs,
     )
 
 

@@ -12,7 +12,8 @@ What the loop does (nnU-Net's recipe unless noted):
 * SGD, Nesterov momentum 0.99, lr 1e-2 with polynomial decay (exponent 0.9) over the planned
   total number of iterations, weight decay 3e-5, gradient norm clipped at 12; in bf16 and fp32
   a step whose gradient is not finite is skipped and counted (what GradScaler does for fp16);
-* Dice + cross-entropy with deep supervision (see :mod:`autoseg.trainers.losses`);
+* Dice + cross-entropy with deep supervision, or another loss by name (``--loss``; see
+  :mod:`autoseg.trainers.losses`);
 * mixed precision: bf16 autocast on CPUs with native bf16, bf16 (or fp16 + GradScaler) on CUDA;
 * epochs of ``iters_per_epoch`` iterations, then ``val_iters`` validation batches of patches
   giving a per-class pseudo-Dice; its moving average picks ``checkpoint_best.pt``;
@@ -44,7 +45,7 @@ from autoseg.networks import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.preprocessed import PreprocessedFolder
 from autoseg import checkpoint as ckpt
-from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from autoseg.trainers.losses import DEFAULT_LOSS, DeepSupervisionLoss, deep_supervision_weights, make_loss
 from autoseg.trainers.progress import EpochRecord, ProgressLog, plot_progress
 from autoseg.trainers.splits import fold_cases, load_or_create_splits
 from autoseg.workspace import DatasetWorkspace
@@ -69,6 +70,7 @@ class TrainingSettings:
     seed: int = 0
     optimizer: str = "auto"
     augmentation: str = "auto"
+    loss: str | None = None  # a key of autoseg.trainers.losses.LOSSES; None: the trainer's default_loss
 
 
 # ---------------------------------------------------------------- helpers
@@ -97,6 +99,7 @@ class Trainer:
     initial_lr = 1e-2  # SGD's; Adam starts from adam_lr
     momentum = 0.99
     adam_lr = 1e-3
+    default_loss = DEFAULT_LOSS
     weight_decay = 3e-5
     grad_clip = 12.0
     lr_exponent = 0.9
@@ -167,6 +170,8 @@ class Trainer:
         if self.optimizer_name == "adam":
             self.initial_lr = self.adam_lr
         self.augmentation = self.resolve_augmentation()
+        self.loss_name = s.loss or self.default_loss
+        make_loss(self.loss_name)  # an unknown name fails here, before any work starts
         self.autocast_dtype, use_scaler = resolve_precision(s.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.num_workers = s.num_workers if s.num_workers is not None else self.default_num_workers()
@@ -248,7 +253,7 @@ class Trainer:
         return deep_supervision_scales(self.config.network)
 
     def build_loss(self, n_outputs: int) -> nn.Module:
-        return DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(n_outputs))
+        return DeepSupervisionLoss(make_loss(self.loss_name), deep_supervision_weights(n_outputs))
 
     def build_sampler(self, case_ids: list[str], seed: int) -> Any:
         """Where patches come from (subclasses change what a sample is, e.g. 2.5D slice stacks)."""
@@ -288,7 +293,7 @@ class Trainer:
         self.optimizer = self.build_optimizer(self.network)
         self.n_outputs = len(self.deep_supervision_scales())
         self.loss = self.build_loss(self.n_outputs)
-        self.val_loss = DiceCELoss()
+        self.val_loss = make_loss(self.loss_name)  # comparable with the training loss
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(self.fold_dir)
         # the model folder must be self-contained for prediction, whatever happens to the workspace
@@ -322,6 +327,7 @@ class Trainer:
                             "exponent": self.lr_exponent, "total_iterations": self.total_iterations},
             "time_budget_min": self.settings.time_budget_min,
             "augmentation": self.augmentation,
+            "loss": self.loss_name,
             "mirror_axes": self.mirror_axes(),
             "elapsed_s": self.elapsed_s(),
             "rng": ckpt.rng_state(),
@@ -336,6 +342,9 @@ class Trainer:
         saved = state.get("lr_schedule", {}).get("optimizer", "sgd")
         if saved != self.optimizer_name:
             raise UserError(f"the checkpoint was trained with --optimizer {saved}; resume with --optimizer {saved}")
+        saved_loss = state.get("loss", DEFAULT_LOSS)
+        if saved_loss != self.loss_name:
+            raise UserError(f"the checkpoint was trained with --loss {saved_loss}; resume with --loss {saved_loss}")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -457,7 +466,7 @@ class Trainer:
                   "val_cases": len(self.val_ids), "device": str(self.device),
                   "precision": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32",
                   "optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
-                  "augmentation": self.augmentation, "mirror_axes": self.mirror_axes(),
+                  "augmentation": self.augmentation, "loss": self.loss_name, "mirror_axes": self.mirror_axes(),
                   "scale_range": self.config.scale_range, "time_budget_min": self.settings.time_budget_min}
         seed = self.settings.seed + self.iteration  # a resumed run draws fresh, still deterministic, patches
         if self.settings.time_budget_min is not None and self.iteration < self.total_iterations:

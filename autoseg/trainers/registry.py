@@ -1,11 +1,14 @@
 """Find a trainer class by name, so users add trainers without editing autoseg.
 
-``get_trainer`` accepts a registered name (``unet``, ``resenc_unet``), an importable
+``get_trainer`` accepts a registered name (``unet``, ``fct``, ...), an importable
 ``package.module:ClassName``, or a file ``path/to/my_trainer.py:ClassName``.
+Built-in trainers are listed in :data:`BUILTIN_TRAINERS` with what ``autoseg train --help``
+says about them, so listing them imports neither torch nor any network.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from autoseg.errors import TrainerNotFound
@@ -15,15 +18,27 @@ if TYPE_CHECKING:
     from autoseg.trainers.base import Trainer
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BuiltinTrainer:
+    module: str  # imported when the trainer is first asked for; it registers the name
+    summary: str  # the architecture and its paper
+    dims: tuple[str, ...]  # dimensionality of the configurations it trains: "2d", "3d"
+
+
+# Adding an architecture: its network file, its trainer file and one line here.
+BUILTIN_TRAINERS: dict[str, BuiltinTrainer] = {
+    "unet": BuiltinTrainer("autoseg.trainers.unet", "U-Net as nnU-Net plans it (Ronneberger et al., MICCAI 2015; Isensee et al., Nat. Methods 2021)", ("2d", "3d")),
+    "resenc_unet": BuiltinTrainer("autoseg.trainers.resenc_unet", "U-Net with a residual encoder (nnU-Net ResEnc; Isensee et al., MICCAI 2024)", ("2d", "3d")),
+    "hybrid": BuiltinTrainer("autoseg.trainers.hybrid", "hybrid 2D/3D U-Net for thick slices: 2D stages, 3D skip modules", ("3d",)),
+    "hybrid_no3d": BuiltinTrainer("autoseg.trainers.hybrid", "the hybrid U-Net without its 3D modules (ablation)", ("3d",)),
+    "unet_2p5d": BuiltinTrainer("autoseg.trainers.unet_2p5d", "2.5D U-Net: 2D with 3 neighbouring slices as channels", ("2d",)),
+    "unet_2p5d_k5": BuiltinTrainer("autoseg.trainers.unet_2p5d", "2.5D U-Net with 5 neighbouring slices", ("2d",)),
+    "atlas_istn": BuiltinTrainer("autoseg.trainers.atlas_istn", "Atlas-ISTN: segmentation + atlas registration (Sinclair et al., MedIA 2022)", ("2d", "3d")),
+}
+
 _TRAINERS: dict[str, type] = {}
-# Adding an architecture: its trainer module and one line here.
-_BUILTIN_MODULES = (
-    "autoseg.trainers.unet",
-    "autoseg.trainers.resenc_unet",
-    "autoseg.trainers.hybrid",
-    "autoseg.trainers.unet_2p5d",
-    "autoseg.trainers.atlas_istn",
-)
 
 
 def register_trainer(name: str) -> Callable[[T], T]:
@@ -39,19 +54,22 @@ def register_trainer(name: str) -> Callable[[T], T]:
     return deco
 
 
-def _load_builtins() -> None:
-    for m in _BUILTIN_MODULES:
-        importlib.import_module(m)
-
-
 def available_trainers() -> list[str]:
-    _load_builtins()
-    return sorted(_TRAINERS)
+    """Built-in and registered trainer names."""
+    return sorted(set(BUILTIN_TRAINERS) | set(_TRAINERS))
+
+
+def trainer_listing() -> str:
+    """One line per built-in trainer: name, dimensions, architecture and paper."""
+    width = max(map(len, BUILTIN_TRAINERS))
+    return "\n".join(f"  {name:<{width}}  {'/'.join(t.dims):<5}  {t.summary}" for name, t in BUILTIN_TRAINERS.items())
 
 
 def get_trainer(name: str) -> "type[Trainer]":
     """The trainer class for ``name`` (registered name, ``module:Class`` or ``file.py:Class``)."""
     from autoseg.trainers.base import Trainer
 
-    _load_builtins()
-    return load_plugin(name, "trainer", Trainer, _TRAINERS, error=TrainerNotFound)
+    if name in BUILTIN_TRAINERS and name not in _TRAINERS:
+        importlib.import_module(BUILTIN_TRAINERS[name].module)
+    return load_plugin(name, "trainer", Trainer, {n: _TRAINERS.get(n, n) for n in available_trainers()},
+                       error=TrainerNotFound)

@@ -11,8 +11,9 @@ from autoseg.trainers.base import TrainingSettings, count_sliding_windows, poly_
 from autoseg.workspace import DatasetWorkspace
 
 
-def make_workspace(tmp_path: Path, num_cases: int = 5, name: str = "Tiny") -> DatasetWorkspace:
-    """A raw synthetic dataset plus hand-made tiny plans, preprocessed with the real pipeline."""
+def make_workspace(tmp_path: Path, num_cases: int = 5, name: str = "Tiny", with_2d: bool = False) -> DatasetWorkspace:
+    """A raw synthetic dataset plus hand-made tiny plans (``3d_fullres``, and ``2d`` if asked),
+    preprocessed with the real pipeline."""
     from autoseg.dataset.layout import load_dataset
     from autoseg.preprocessing.runner import preprocess_dataset
     from autoseg.synthetic import make_dataset
@@ -25,11 +26,17 @@ def make_workspace(tmp_path: Path, num_cases: int = 5, name: str = "Tiny") -> Da
     topo = NetworkTopology(features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2, strides=[[1, 1, 1], [2, 2, 2]])
     config = ConfigurationPlan(name="3d_fullres", dim=3, data_identifier="tiny_3d", spacing=[1.0, 1.0, 1.0],
                                median_shape=[16, 20, 20], patch_size=[16, 16, 16], batch_size=2, network=topo)
+    configurations = {"3d_fullres": config}
+    if with_2d:
+        topo2d = NetworkTopology(features_per_stage=[4, 8], kernel_sizes=[[3, 3]] * 2, strides=[[1, 1], [2, 2]])
+        configurations["2d"] = ConfigurationPlan(name="2d", dim=2, data_identifier="tiny_2d", spacing=[1.0, 1.0, 1.0],
+                                                 median_shape=[16, 20, 20], patch_size=[16, 16], batch_size=2,
+                                                 network=topo2d)
     plans = Plans(version=1, dataset_name=name, planner="test", profile="cpu", gpu_memory_gb=0,
                   channel_names=["MRI"], label_values=[0, 1, 2], label_names=["background", "inner", "outer"],
-                  normalization=[ChannelNormalization("zscore")], configurations={"3d_fullres": config})
+                  normalization=[ChannelNormalization("zscore")], configurations=configurations)
     plans.save(ws.plans_file)
-    preprocess_dataset(spec, plans, ["3d_fullres"], ws, num_workers=1, progress=False)
+    preprocess_dataset(spec, plans, list(configurations), ws, num_workers=1, progress=False)
     return ws
 
 
@@ -142,6 +149,22 @@ def test_sgd_optimizer_is_selectable(tmp_path):
                  "--no-validation"]) == 0
     log = read_json(DatasetWorkspace(tmp_path / "ws" / "Tiny").fold_dir("unet", "3d_fullres", 0) / "log.json")
     assert log["optimizer"] == "sgd" and log["initial_lr"] == 0.01
+
+
+def test_loss_is_selectable_recorded_and_kept_on_resume(tmp_path, capsys):
+    from autoseg.cli import main
+
+    ws = make_workspace(tmp_path, num_cases=3)
+    args = ["train", "Tiny", "3d_fullres", "0", "--workspace", str(tmp_path / "ws"), "--epochs", "1",
+            "--iters-per-epoch", "1", "--val-iters", "1", "--device", "cpu", "--num-workers", "0", "--no-validation"]
+    assert main(args + ["--loss", "focal_dice"]) == 0
+    fold = ws.fold_dir("unet", "3d_fullres", 0)
+    assert read_json(fold / "log.json")["loss"] == "focal_dice"
+    assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["loss"] == "focal_dice"
+    assert main(args + ["--continue", "--loss", "mse"]) == 2
+    assert "trained with --loss focal_dice" in capsys.readouterr().err
+    assert main(args + ["--loss", "dice"]) == 2
+    assert "unknown loss 'dice'" in capsys.readouterr().err
 
 
 def test_augmentation_auto_is_light_for_short_runs_only(tmp_path):

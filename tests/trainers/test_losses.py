@@ -1,6 +1,18 @@
+import pytest
 import torch
 
-from autoseg.trainers.losses import DeepSupervisionLoss, DiceCELoss, SoftDiceLoss, deep_supervision_weights
+from autoseg.errors import UserError
+from autoseg.trainers.losses import (
+    LOSSES,
+    DeepSupervisionLoss,
+    DiceCELoss,
+    FocalLoss,
+    OneHotMSELoss,
+    SoftDiceLoss,
+    SquaredDiceLoss,
+    deep_supervision_weights,
+    make_loss,
+)
 
 
 def _target(shape=(2, 1, 8, 8, 8), k=3, seed=0):
@@ -51,3 +63,47 @@ def test_deep_supervision_uses_all_scales():
     g = torch.zeros(1, 3, 8, 8, 8, requires_grad=True)
     loss([g, torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 2, 2, 2)], [t0, t1, t2]).backward()
     assert g.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dim", [2, 3])
+def test_every_registered_loss_orders_perfect_uniform_wrong_and_has_finite_gradients(name, dim):
+    t = _target((2, 1) + (8,) * dim)
+    loss = make_loss(name)
+    perfect, wrong = loss(_perfect_logits(t), t), loss(_perfect_logits((t + 1) % 3), t)
+    uniform = torch.zeros((2, 3) + (8,) * dim, requires_grad=True)
+    u = loss(uniform, t)
+    assert perfect < 1e-3 and perfect < u < wrong
+    u.backward()
+    assert torch.isfinite(uniform.grad).all() and uniform.grad.abs().sum() > 0
+    # under autocast the loss still comes out in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert loss(uniform.bfloat16(), t).dtype == torch.float32
+
+
+def test_squared_dice_is_v_nets_formula():
+    t = torch.tensor([[[0, 1, 1, 0]]])  # (B=1, 1, 4): one foreground class
+    logits = torch.tensor([[[0.0, 2.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]]]).flip(1)
+    p = torch.softmax(logits, 1)[0, 1]
+    g = (t[0, 0] == 1).float()
+    expected = 1 - 2 * (p * g).sum() / ((p * p).sum() + g.sum())
+    assert SquaredDiceLoss()(logits, t) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_mse_is_the_mean_squared_error_to_the_one_hot_target():
+    t = torch.tensor([[[0, 1]]])
+    logits = torch.zeros(1, 2, 2)  # softmax 0.5 everywhere: every entry is 0.5 off
+    assert OneHotMSELoss()(logits, t) == pytest.approx(0.25)
+
+
+def test_focal_down_weights_easy_voxels_against_cross_entropy():
+    t = _target((1, 1, 8, 8))
+    easy = _perfect_logits(t, scale=2.0)
+    ce = torch.nn.functional.cross_entropy(easy, t[:, 0])
+    assert FocalLoss(gamma=0.0)(easy, t) == pytest.approx(float(ce), rel=1e-5)
+    assert FocalLoss()(easy, t) < 0.1 * ce
+
+
+def test_unknown_loss_names_the_choices():
+    with pytest.raises(UserError, match="dice_ce, dice_squared, mse, focal_dice"):
+        make_loss("dice")
