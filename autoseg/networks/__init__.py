@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
 from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
 from autoseg.networks.resenc_unet import ResEncUNet
+from autoseg.networks.resunet_aniso import ResUNetAniso
 from autoseg.networks.unet import UNet, total_stride
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ ARCHITECTURES: dict[str, type] = {
     "hybrid_no3d": HybridUNetNo3d,
     "unet_2p5d": ContextSliceUNet,
     "unet_2p5d_k5": ContextSliceUNet5,
+    "resunet_aniso": ResUNetAniso,
 }
 
 
