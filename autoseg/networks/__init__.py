@@ -10,6 +10,7 @@ import inspect
 from typing import TYPE_CHECKING
 
 from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
+from autoseg.networks.fct import FCT
 from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
 from autoseg.networks.resenc_unet import ResEncUNet
 from autoseg.networks.resunet_aniso import ResUNetAniso
@@ -30,6 +31,7 @@ ARCHITECTURES: dict[str, type] = {
     "unet_2p5d": ContextSliceUNet,
     "unet_2p5d_k5": ContextSliceUNet5,
     "resunet_aniso": ResUNetAniso,
+    "fct": FCT,
 }
 
 
