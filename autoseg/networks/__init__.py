@@ -15,6 +15,7 @@ from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
 from autoseg.networks.resenc_unet import ResEncUNet
 from autoseg.networks.resunet_aniso import ResUNetAniso
 from autoseg.networks.unet import UNet, total_stride
+from autoseg.networks.vnet import VNet
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,6 +33,7 @@ ARCHITECTURES: dict[str, type] = {
     "unet_2p5d_k5": ContextSliceUNet5,
     "resunet_aniso": ResUNetAniso,
     "fct": FCT,
+    "vnet": VNet,
 }
 
 
