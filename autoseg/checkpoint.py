@@ -18,6 +18,8 @@ import torch
 from autoseg.atomic import atomic_path
 
 LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
+# Written last, when a fold has trained and (unless skipped) validated: a study skips folds that have it.
+DONE = "done.json"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

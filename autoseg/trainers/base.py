@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.atomic import remove_partials
+from autoseg.atomic import remove_partials, write_json
 from autoseg.errors import UserError
 from autoseg.device import resolve_device, resolve_precision
 from autoseg.inference.predictor import Predictor
@@ -296,6 +296,7 @@ class Trainer:
         self.val_loss = make_loss(self.loss_name)  # comparable with the training loss
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(self.fold_dir)
+        (self.fold_dir / ckpt.DONE).unlink(missing_ok=True)  # present only once this run has finished
         # the model folder must be self-contained for prediction, whatever happens to the workspace
         self.model_plans().save(self.results_dir / "plans.json")
 
@@ -486,9 +487,13 @@ class Trainer:
                 close = getattr(c, "close", None)
                 if close is not None:
                     close()
-        if self.fold == "all" or not self.settings.final_validation:
-            return {}
-        return self.validate()
+        summary = {} if self.fold == "all" or not self.settings.final_validation else self.validate()
+        fg = summary.get("foreground_mean", {})
+        write_json(self.fold_dir / ckpt.DONE, {
+            "trainer": self.results_name(), "configuration": self.configuration, "fold": self.fold,
+            "iterations": self.iteration, "elapsed_s": round(self.elapsed_s(), 1),
+            "validated": bool(summary), "mean_dice": fg.get("Dice")})
+        return summary
 
     def _run_epoch(self, train_batches, val_batches, header: dict, tqdm) -> None:
         t0 = time.monotonic()

@@ -58,6 +58,8 @@ def test_train_end_to_end(tmp_path):
     assert (ws.results_dir("unet", "3d_fullres") / "plans.json").is_file()
     assert (fold / "checkpoint_final.pt").is_file() and (fold / "checkpoint_best.pt").is_file()
     assert not (fold / "checkpoint_latest.pt").exists()
+    done = read_json(fold / "done.json")
+    assert done["validated"] and done["iterations"] == 4 and done["fold"] == "0" and 0 <= done["mean_dice"] <= 1
     assert (fold / "progress.png").stat().st_size > 1000
     log = read_json(fold / "log.json")
     assert [e["epoch"] for e in log["epochs"]] == [0, 1]
