@@ -23,6 +23,11 @@ setup(
         # field's standard plotting library and needs no display (Agg backend).
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # MONAI's transformer U-Nets (swin_unetr, unetr trainers): a well-kept implementation is
+        # wrapped rather than rewritten; optional because nothing else in autoseg needs MONAI.
+        "monai": ["monai>=1.4", "einops"],  # einops: MONAI builds both networks with it
+    },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

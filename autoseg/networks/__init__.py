@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
 from autoseg.networks.fct import FCT
 from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
+from autoseg.networks.monai_nets import UNETR, SwinUNETR
 from autoseg.networks.resenc_unet import ResEncUNet
 from autoseg.networks.resunet_aniso import ResUNetAniso
 from autoseg.networks.unet import UNet, total_stride
@@ -34,6 +35,8 @@ ARCHITECTURES: dict[str, type] = {
     "resunet_aniso": ResUNetAniso,
     "fct": FCT,
     "vnet": VNet,
+    "swin_unetr": SwinUNETR,
+    "unetr": UNETR,
 }
 
 

@@ -5,8 +5,9 @@ the 2D configuration (two spatial axes) and the 3D ones (three).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -80,3 +81,22 @@ def init_weights(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, a=1e-2)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def cpu_bf16_training(x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through a forward pass that will be backpropagated under CPU bf16 autocast.
+
+    torch 2.13's CPU bf16 Conv3d backward returns garbage (inf, NaN, or finite values 1e20-1e36
+    off, varying from run to run) when the input's first spatial axis is shorter than the
+    kernel along it: z of 2 under a 3-kernel (documentation/training.md, "Non-finite steps"),
+    z of 4 under a 5-kernel. Networks whose maps can get that thin run those layers in fp32
+    when this holds; prediction has no backward pass and keeps bf16.
+    """
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def forward_in_fp32(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)`` with autocast switched off on ``x``'s device and ``x`` in fp32."""
+    with torch.autocast(x.device.type, enabled=False):
+        return forward(x.float())

@@ -49,7 +49,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from autoseg.networks.layers import conv, conv_transpose, norm, same_padding
+from autoseg.networks.layers import conv, conv_transpose, cpu_bf16_training, forward_in_fp32, norm, same_padding
 from autoseg.networks.unet import EncoderDecoder
 from autoseg.planners.plans import NetworkTopology
 
@@ -68,27 +68,14 @@ def default_convs_per_stage(n_stages: int) -> list[int]:
     return [PAPER_CONVS[min(s, len(PAPER_CONVS) - 1)] for s in range(n_stages)]
 
 
-def _cpu_bf16_conv3d_unsafe(x: torch.Tensor, z_kernel: int) -> bool:
-    """Whether torch's CPU bf16 Conv3d backward may return garbage for this input.
-
-    It does (inf, NaN, or finite values 1e20-1e36 off, varying from run to run on the same
-    inputs) when the first spatial axis is shorter than the kernel along it: z of 2 under a
-    3-kernel (documentation/training.md, "Non-finite steps") and, measured for this network
-    with torch 2.13 on 2 CPU cores, z of 4 under a 5-kernel, which planned 3D V-Nets meet
-    wherever a stage's map is 4 voxels long in z (the planner's smallest); z of 5 or more was
-    correct, and so were 4-voxel y and x axes and Conv2d. Every z shorter than the kernel is
-    treated as unsafe.
-    """
-    return (x.ndim == 5 and x.shape[2] < z_kernel and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu"))
-
-
 class ConvNormPReLU(nn.Sequential):
     """conv (no bias: the norm removes it) -> instance norm -> optional per-channel PReLU.
 
-    On a CPU under autocast, a 3D conv whose input is shorter along z than its kernel runs in
-    float32 (see :func:`_cpu_bf16_conv3d_unsafe`); such maps are the deepest and smallest, so
-    this costs little.
+    Training on a CPU under bf16 autocast, a 3D conv whose input is shorter along z than its
+    kernel runs in float32 (:func:`~autoseg.networks.layers.cpu_bf16_training`; measured for this
+    network: z of 4 under a 5-kernel, which planned 3D V-Nets meet wherever a stage's map is 4
+    voxels long in z, went wrong, z of 5 or more, 4-voxel y and x axes and Conv2d did not); such
+    maps are the deepest and smallest, so this costs little.
     """
 
     def __init__(self, dim: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
@@ -107,9 +94,8 @@ class ConvNormPReLU(nn.Sequential):
         self.z_kernel = int(kernel_size[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_conv3d_unsafe(x, self.z_kernel):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float())
+        if x.ndim == 5 and x.shape[2] < self.z_kernel and cpu_bf16_training(x):
+            return forward_in_fp32(super().forward, x)
         return super().forward(x)
 
 

@@ -37,6 +37,8 @@ BUILTIN_TRAINERS: dict[str, BuiltinTrainer] = {
     "unet_2p5d_k5": BuiltinTrainer("autoseg.trainers.unet_2p5d", "2.5D U-Net with 5 neighbouring slices", ("2d",)),
     "resunet_aniso": BuiltinTrainer("autoseg.trainers.resunet_aniso", "residual U-Net, in-plane-first anisotropic stages (Lee et al., arXiv 2017; Res-UNet-R, Li et al., ISBI 2022)", ("2d", "3d")),
     "fct": BuiltinTrainer("autoseg.trainers.fct", "Fully Convolutional Transformer (Tragakis et al., WACV 2023); 3D: its blocks in-plane, slices mixed where the plan allows", ("2d", "3d")),
+    "swin_unetr": BuiltinTrainer("autoseg.trainers.monai_transformers", "SwinUNETR: Swin transformer encoder, U-Net decoder (Hatamizadeh et al., BrainLes 2021); MONAI's, extra [monai]", ("2d", "3d")),
+    "unetr": BuiltinTrainer("autoseg.trainers.monai_transformers", "UNETR: ViT encoder, U-Net decoder (Hatamizadeh et al., WACV 2022); MONAI's, extra [monai]", ("2d", "3d")),
     "vnet": BuiltinTrainer("autoseg.trainers.vnet", "V-Net: residual 5x5x5 stages, PReLU, strided-conv down-sampling (Milletari et al., 3DV 2016); its Dice: --loss dice_squared", ("2d", "3d")),
     "atlas_istn": BuiltinTrainer("autoseg.trainers.atlas_istn", "Atlas-ISTN: segmentation + atlas registration (Sinclair et al., MedIA 2022)", ("2d", "3d")),
 }

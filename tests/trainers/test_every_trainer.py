@@ -33,7 +33,7 @@ def workspace(tmp_path_factory):
 
 @pytest.mark.parametrize("trainer,dim", CASES, ids=[f"{n}-{d}" for n, d in CASES])
 def test_trains_resumes_and_predicts_through_the_cli(trainer, dim, workspace, tmp_path, monkeypatch):
-    if trainer in NEEDS_MONAI and importlib.util.find_spec("monai") is None:
+    if trainer in NEEDS_MONAI and not all(importlib.util.find_spec(m) for m in ("monai", "einops")):
         pytest.skip('needs MONAI: pip install -e ".[monai]"')
     configuration = "2d" if dim == "2d" else "3d_fullres"
     root = str(workspace.root.parent)
