@@ -9,6 +9,7 @@ point: loading a checkpoint never runs code).
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from autoseg.atomic import atomic_path
+from autoseg.errors import CheckpointError
 
 LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
 # Written last, when a fold has trained and (unless skipped) validated: a study skips folds that have it.
@@ -28,7 +30,26 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint's state; :class:`CheckpointError` for anything but plain types and tensors.
+
+    ``weights_only`` unpickling allows only tensors, containers and plain values, so a file that
+    would call a function when unpickled (a planted payload, or a checkpoint of a tool that pickles
+    its objects) is refused without running anything.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused: the file holds objects other than tensors and plain values, and "
+                              f"loading them could run code ({first[:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
+                              f"{type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an autoseg checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

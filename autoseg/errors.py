@@ -58,3 +58,7 @@ class SplitError(UserError):
 
 class EvaluationError(UserError):
     """Reference and prediction folders cannot be compared; the message names the files."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be loaded safely or at all (code in it, truncated, not a checkpoint)."""

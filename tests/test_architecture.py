@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autoseg"
 # the prediction path, which ends with postprocessing and is scored by evaluation.
 STAGES = [
     ["autoseg.errors", "autoseg.atomic", "autoseg.workspace", "autoseg.plugins", "autoseg.device",
-     "autoseg.checkpoint"],
+     "autoseg.checkpoint", "autoseg.typed_json"],
     ["autoseg.dataset"],
     ["autoseg.synthetic"],
     ["autoseg.fingerprint"],
@@ -21,6 +21,7 @@ STAGES = [
     ["autoseg.postprocessing"],
     ["autoseg.inference"],
     ["autoseg.trainers"],
+    ["autoseg.study"],  # a whole study: plan, the folds as jobs on an executor, find-best, predict
     ["autoseg.commands", "autoseg.cli", "autoseg.__main__", "autoseg"],
 ]
 

@@ -37,3 +37,48 @@ def test_rng_state_restores_all_generators(tmp_path):
     got = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
     assert expected[2] == got[2] and expected[3] == got[3]
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch`` on the marker: what a planted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_its_code_never_runs(tmp_path):
+    import pytest
+
+    from autoseg.errors import CheckpointError
+
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "checkpoint_final.pt"
+    torch.save({"network": {}, "epoch": 1, "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused: the file holds objects other than tensors"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the unsafe loader would have run it: the test's payload is real
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_truncated_and_foreign_checkpoints_get_one_line_errors(tmp_path):
+    import pytest
+
+    from autoseg.errors import CheckpointError
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"network": {"w": torch.zeros(1000)}, "epoch": 1})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    torch.save([1, 2], path)
+    with pytest.raises(CheckpointError, match="not an autoseg checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING
 
+from autoseg.errors import PluginNotFound
 from autoseg.networks.context_unet import ContextSliceUNet, ContextSliceUNet5
 from autoseg.networks.fct import FCT
 from autoseg.networks.hybrid_unet import HybridUNet, HybridUNetNo3d
@@ -17,6 +18,7 @@ from autoseg.networks.resenc_unet import ResEncUNet
 from autoseg.networks.resunet_aniso import ResUNetAniso
 from autoseg.networks.unet import UNet, total_stride
 from autoseg.networks.vnet import VNet
+from autoseg.plugins import load_plugin
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,9 +46,10 @@ def build_network(plans: "Plans", config: "ConfigurationPlan", deep_supervision:
     """The network ``config.architecture`` names, sized by the plans (channels, classes, topology)."""
     from torch import nn
 
-    from autoseg.plugins import load_plugin
-
-    cls = load_plugin(config.architecture, "architecture", nn.Module, ARCHITECTURES)
+    try:
+        cls = load_plugin(config.architecture, "architecture", nn.Module, ARCHITECTURES)
+    except PluginNotFound as e:
+        raise type(e)(f"configuration '{config.name}': {e}") from None
     kwargs = {}
     # networks with a fixed input grid (a ViT's patch embedding) also get the planned patch size
     if "patch_size" in inspect.signature(cls).parameters:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autoseg.atomic import read_json, write_json
 from autoseg.errors import UserError
+from autoseg.typed_json import from_json
 
 PLANS_VERSION = 1
 # nnU-Net's scaling-augmentation range (sampling-grid factors); a configuration's
@@ -106,6 +107,45 @@ class ConfigurationPlan:
         return list(self.inference_patch_size or self.patch_size)
 
 
+NORMALIZATION_SCHEMES = ("ct", "zscore", "rgb")
+
+
+def _validate_configuration(c: ConfigurationPlan, fail) -> None:
+    """Every check :meth:`Plans.validate` makes of one configuration; ``fail(field, message)``."""
+    if c.dim not in (2, 3):
+        raise fail("dim", f"{c.dim}: networks are 2D or 3D")
+    if len(c.spacing) not in (3, c.dim) or any(not s > 0 for s in c.spacing):
+        raise fail("spacing", f"{c.spacing}: three positive values (z, y, x) in mm")
+    for field_name in ("patch_size", "inference_patch_size"):
+        size = getattr(c, field_name)
+        if size is None:
+            continue
+        if len(size) != c.dim or any(s < 1 for s in size):
+            raise fail(field_name, f"{size}: {c.dim} positive sizes for a {c.dim}D configuration")
+    if c.batch_size < 1:
+        raise fail("batch_size", f"{c.batch_size}: at least 1")
+    t = c.network
+    n = t.n_stages
+    if n < 1 or any(f < 1 for f in t.features_per_stage):
+        raise fail("network.features_per_stage", f"{t.features_per_stage}: at least one stage, positive widths")
+    for key, lists in (("kernel_sizes", t.kernel_sizes), ("strides", t.strides)):
+        if len(lists) != n:
+            raise fail(f"network.{key}", f"{len(lists)} entries for {n} stages")
+        for s, entry in enumerate(lists):
+            if len(entry) != c.dim or any(v < 1 for v in entry):
+                raise fail(f"network.{key}[{s}]", f"{entry}: {c.dim} positive values")
+    if t.n_conv_per_stage < 1:
+        raise fail("network.n_conv_per_stage", f"{t.n_conv_per_stage}: at least 1")
+    if not c.architecture.strip():
+        raise fail("architecture", "empty; a registered architecture or module:Class")
+    if not 0.0 <= c.edge_flush <= 1.0:
+        raise fail("edge_flush", f"{c.edge_flush}: a probability between 0 and 1")
+    if c.mirror_axes is not None and any(not 0 <= a < c.dim for a in c.mirror_axes):
+        raise fail("mirror_axes", f"{c.mirror_axes}: axes 0..{c.dim - 1}")
+    if c.scale_range is not None and (len(c.scale_range) != 2 or not 0 < c.scale_range[0] <= c.scale_range[1]):
+        raise fail("scale_range", f"{c.scale_range}: [low, high] with 0 < low <= high")
+
+
 @dataclass
 class Plans:
     version: int
@@ -131,29 +171,44 @@ class Plans:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plans":
-        if d.get("version") != PLANS_VERSION:
-            raise ValueError(f"plans version {d.get('version')} is not supported (expected {PLANS_VERSION}); re-run plan-and-preprocess")
-        configs = {}
-        for name, c in d["configurations"].items():
-            c = dict(c)
-            c["network"] = NetworkTopology(**c["network"])
-            c["resampling"] = ResamplingPlan(**c.get("resampling", {}))
-            configs[name] = ConfigurationPlan(**c)
-        fields = dict(d)
-        fields["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
-        fields["configurations"] = configs
-        return cls(**fields)
+    def from_dict(cls, d: dict, where: str = "plans") -> "Plans":
+        """Plans from JSON, every field's type checked and the values validated (:meth:`validate`)."""
+        if not isinstance(d, dict) or d.get("version") != PLANS_VERSION:
+            version = d.get("version") if isinstance(d, dict) else None
+            raise UserError(f"{where}: plans version {version} is not supported (expected {PLANS_VERSION}); "
+                            "re-run plan-and-preprocess")
+        plans = from_json(cls, d, where)
+        plans.validate(where)
+        return plans
 
     @classmethod
     def load(cls, path: str | Path) -> "Plans":
-        plans = cls.from_dict(read_json(path))
-        for name, c in plans.configurations.items():
-            # a field users edit by hand: say which file and configuration before training starts
-            if not 0.0 <= c.edge_flush <= 1.0:
-                raise UserError(f"{path}: configuration '{name}' has edge_flush {c.edge_flush}; "
-                                 "it is a probability between 0 and 1")
-        return plans
+        return cls.from_dict(read_json(path), str(path))
+
+    def validate(self, where: str = "plans") -> None:
+        """Raise UserError naming the field of any value no stage could work with.
+
+        Plans are JSON users edit by hand (a patch size, a batch size); a nonsense value must be
+        refused when the file is read, not deep inside training or an hour into prediction.
+        """
+        def fail(field_path: str, message: str) -> UserError:
+            return UserError(f"{where}: {field_path}: {message}")
+
+        if len(self.label_values) < 2 or len(set(self.label_values)) != len(self.label_values):
+            raise fail("label_values", f"{self.label_values}: needs background and at least one label, no repeats")
+        if any(v < 0 for v in self.label_values) or self.label_values[0] != 0:
+            raise fail("label_values", f"{self.label_values}: values are non-negative and background (0) comes first")
+        if len(self.label_names) != len(self.label_values):
+            raise fail("label_names", f"{len(self.label_names)} names for {len(self.label_values)} label values")
+        if len(self.normalization) != len(self.channel_names):
+            raise fail("normalization", f"{len(self.normalization)} schemes for {len(self.channel_names)} channels")
+        for i, n in enumerate(self.normalization):
+            if n.scheme not in NORMALIZATION_SCHEMES:
+                raise fail(f"normalization[{i}].scheme", f"'{n.scheme}' is not one of {', '.join(NORMALIZATION_SCHEMES)}")
+        if not self.configurations:
+            raise fail("configurations", "no configuration planned")
+        for name, c in self.configurations.items():
+            _validate_configuration(c, lambda f, m, name=name: fail(f"configurations.{name}.{f}", m))
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:

@@ -78,3 +78,20 @@ def test_predictor_slides_the_plans_inference_patch(setup, tmp_path, monkeypatch
     predictor.config.inference_patch_size = [2 * predictor.config.patch_size[0]] + predictor.config.patch_size[1:]
     predictor.predict_preprocessed(data)
     assert seen == [predictor.config.patch_size, predictor.config.inference_patch_size]
+
+
+def test_predict_refuses_a_model_whose_checkpoint_carries_code(setup, tmp_path, capsys):
+    from tests.test_checkpoint import _Payload
+
+    raw, ws, model = setup
+    results = tmp_path / "ws" / "Tiny" / "results"
+    shutil.copytree(model, results / model.name)
+    shutil.copy(ws.plans_file, tmp_path / "ws" / "Tiny" / "plans.json")
+    planted = results / model.name / "fold_0" / "checkpoint_final.pt"
+    state = torch.load(planted, weights_only=True)
+    marker = tmp_path / "payload_ran"
+    torch.save({**state, "extra": _Payload(marker)}, planted)
+    assert main(["predict", "-i", str(raw / "imagesTr"), "-o", str(tmp_path / "out"), "-d", "Tiny", "-c", "3d_fullres",
+                 "-f", "0", "--no-tta", "--workspace", str(tmp_path / "ws")]) == 2
+    assert "refused: the file holds objects other than tensors" in capsys.readouterr().err
+    assert not marker.exists() and not list((tmp_path / "out").glob("*.nii.gz"))

@@ -219,7 +219,7 @@ def test_an_edge_flush_outside_0_1_names_the_plans_file(tmp_path):
     plans = DefaultPlanner(acdc_like(), profile="cpu").plan()
     plans.configurations["3d_hybrid"].edge_flush = 1.5
     plans.save(tmp_path / "plans.json")
-    with pytest.raises(UserError, match=r"plans\.json: configuration '3d_hybrid' has edge_flush 1\.5"):
+    with pytest.raises(UserError, match=r"plans\.json: configurations\.3d_hybrid\.edge_flush: 1\.5: a probability"):
         Plans.load(tmp_path / "plans.json")
 
 
