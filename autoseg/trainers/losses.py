@@ -40,10 +40,25 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, 1, *spatial) int -> (B, K, *spatial) float."""
-    t = target[:, 0].long()
-    return F.one_hot(t, num_classes).movedim(-1, 1).to(torch.float32)
+def class_sums(probs: torch.Tensor, target: torch.Tensor, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class: ``Σ p·g`` (the intersection), ``Σ p`` and ``Σ g`` (the voxel count), without a one-hot target.
+
+    ``probs`` (B, K, *spatial), ``target`` (B, 1, *spatial) class indices. A one-hot target would
+    be a second (B, K, *spatial) float tensor: with a hundred classes it outweighs the network's
+    activations. The intersection gathers each voxel's probability of its own class and adds it
+    into its class's bin instead. Shapes (K,) when ``batch`` (sums over the batch too), else (B, K).
+    """
+    b, k = probs.shape[:2]
+    p = probs.reshape(b, k, -1)
+    t = target.reshape(b, 1, -1).long()
+    p_true = p.gather(1, t).squeeze(1)  # (B, N): each voxel's probability of its true class
+    bins = t.squeeze(1)
+    inter = p.new_zeros(b, k).scatter_add(1, bins, p_true)
+    count = p.new_zeros(b, k).scatter_add(1, bins, torch.ones_like(p_true))
+    total = p.sum(2)
+    if batch:
+        return inter.sum(0), total.sum(0), count.sum(0)
+    return inter, total, count
 
 
 class SoftDiceLoss(nn.Module):
@@ -57,14 +72,11 @@ class SoftDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float(), dim=1)
-        onehot = _one_hot(target, probs.shape[1])
+        tp, p_sum, g_sum = class_sums(probs, target, self.batch_dice)
         if not self.include_background and probs.shape[1] > 1:
-            probs, onehot = probs[:, 1:], onehot[:, 1:]
-        axes = [0] + list(range(2, probs.ndim)) if self.batch_dice else list(range(2, probs.ndim))
-        tp = (probs * onehot).sum(axes)
-        fp = (probs * (1 - onehot)).sum(axes)
-        fn = ((1 - probs) * onehot).sum(axes)
-        dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth).clamp_min(1e-8)
+            tp, p_sum, g_sum = tp[..., 1:], p_sum[..., 1:], g_sum[..., 1:]
+        # 2tp + fp + fn = Σp + Σg
+        dice = (2 * tp + self.smooth) / (p_sum + g_sum + self.smooth).clamp_min(1e-8)
         return 1 - dice.mean()
 
 
@@ -78,21 +90,25 @@ class SquaredDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float(), dim=1)
-        onehot = _one_hot(target, probs.shape[1])
-        if probs.shape[1] > 1:
-            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        inter, _, g_sum = class_sums(probs, target, self.batch_dice)  # g² = g for a one-hot target
         axes = [0] + list(range(2, probs.ndim)) if self.batch_dice else list(range(2, probs.ndim))
-        inter = (probs * onehot).sum(axes)
-        denom = (probs * probs).sum(axes) + onehot.sum(axes)  # g² = g for a one-hot target
-        return 1 - ((2 * inter + self.smooth) / (denom + self.smooth)).mean()
+        p_sq = probs.pow(2).sum(axes)
+        if probs.shape[1] > 1:
+            inter, g_sum, p_sq = inter[..., 1:], g_sum[..., 1:], p_sq[..., 1:]
+        return 1 - ((2 * inter + self.smooth) / (p_sq + g_sum + self.smooth)).mean()
 
 
 class OneHotMSELoss(nn.Module):
-    """Mean squared error between softmax probabilities and the one-hot target, over all classes."""
+    """Mean squared error between softmax probabilities and the one-hot target, over all classes.
+
+    ``Σ (p - g)² = Σ p² - 2 Σ p_true + N`` per voxel, so no one-hot tensor is built.
+    """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits.float(), dim=1)
-        return F.mse_loss(probs, _one_hot(target, probs.shape[1]))
+        p_true = probs.gather(1, target.long())
+        voxels = p_true.numel()
+        return (probs.pow(2).sum() - 2 * p_true.sum() + voxels) / (voxels * probs.shape[1])
 
 
 class FocalLoss(nn.Module):

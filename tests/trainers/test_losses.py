@@ -107,3 +107,32 @@ def test_focal_down_weights_easy_voxels_against_cross_entropy():
 def test_unknown_loss_names_the_choices():
     with pytest.raises(UserError, match="dice_ce, dice_squared, mse, focal_dice"):
         make_loss("dice")
+
+
+def _one_hot_reference(logits, target):
+    p = torch.softmax(logits.float(), 1)
+    g = torch.nn.functional.one_hot(target[:, 0].long(), p.shape[1]).movedim(-1, 1).float()
+    return p, g
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+@pytest.mark.parametrize("k", [2, 3, 130])
+def test_losses_without_a_one_hot_target_equal_the_one_hot_formulas(batch_dice, k):
+    g_ = torch.Generator().manual_seed(k)
+    logits = torch.randn(2, k, 6, 5, 4, generator=g_, requires_grad=True)
+    target = torch.randint(0, k, (2, 1, 6, 5, 4), generator=g_)
+    p, g = _one_hot_reference(logits, target)
+    axes = [0, 2, 3, 4] if batch_dice else [2, 3, 4]
+    tp, fp, fn = (p * g).sum(axes), (p * (1 - g)).sum(axes), ((1 - p) * g).sum(axes)
+    s = 1e-5
+    dice = 1 - ((2 * tp + s) / (2 * tp + fp + fn + s))[..., 1:].mean()
+    squared = 1 - ((2 * tp + s) / ((p * p).sum(axes) + g.sum(axes) + s))[..., 1:].mean()
+    assert SoftDiceLoss(batch_dice=batch_dice)(logits, target).item() == pytest.approx(dice.item(), abs=1e-6)
+    assert SquaredDiceLoss(batch_dice=batch_dice)(logits, target).item() == pytest.approx(squared.item(), abs=1e-6)
+    assert OneHotMSELoss()(logits, target).item() == pytest.approx(((p - g) ** 2).mean().item(), abs=1e-6)
+    # and the same gradient as the one-hot form
+    SoftDiceLoss(batch_dice=batch_dice)(logits, target).backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    dice.backward()
+    torch.testing.assert_close(ours, logits.grad, atol=1e-6, rtol=1e-4)
