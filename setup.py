@@ -22,12 +22,17 @@ setup(
         # Curves and report charts are PNGs people look at; matplotlib is the
         # field's standard plotting library and needs no display (Agg backend).
         "matplotlib",
+        # Surface meshes (autoseg mesh, predict --meshes) in STL/VTK/OBJ: meshio is the
+        # well-kept pure-Python mesh I/O library; small (numpy and rich).
+        "meshio>=5.3",
     ],
     extras_require={
         "test": ["pytest"],
         # MONAI's transformer U-Nets (swin_unetr, unetr trainers): a well-kept implementation is
         # wrapped rather than rewritten; optional because nothing else in autoseg needs MONAI.
         "monai": ["monai>=1.4", "einops"],  # einops: MONAI builds both networks with it
+        # quadric mesh decimation (autoseg mesh --decimate), the one pyvista uses; compiled, small
+        "meshes": ["fast-simplification>=0.1"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

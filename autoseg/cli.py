@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "plan_and_preprocess",
     "train",
     "predict",
+    "mesh",
     "evaluate",
     "find_best_configuration",
     "ensemble",
