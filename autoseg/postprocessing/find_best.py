@@ -35,7 +35,7 @@ from autoseg.evaluation.metrics import dice_per_label
 from autoseg.postprocessing.connected_components import keep_largest_component
 from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, average_probabilities, find_label_values,
                                              segmentation_from_probabilities)
-from autoseg.postprocessing.report import write_report
+from autoseg.postprocessing.report import write_case_previews, write_report
 from autoseg.postprocessing.selection import (DEFAULT_FOLDS, RANK_KEYS, Candidate, ModelRef, Selected,
                                               Selection)
 from autoseg.workspace import DatasetWorkspace
@@ -192,12 +192,14 @@ def find_best_configuration(
     write: bool = True,
     progress: bool = True,
     rank_on: str = "postprocessed",
+    previews: bool = True,
 ) -> Selection:
     """Score candidates on cross-validation, decide each one's postprocessing, choose one; see the
     module docstring. ``rank_on``: ``"postprocessed"`` (default) or ``"raw"`` Dice.
 
     Returns the selection (written to the workspace's ``best_configuration.json`` when ``write``),
-    plus a report (``find_best_report.md``, ``find_best.png``) next to it.
+    plus a report (``find_best_report.md``, ``find_best.png`` and, with ``previews``, pictures of
+    the selected candidate's best, median and worst validation case) next to it.
     """
     from tqdm import tqdm
 
@@ -259,5 +261,9 @@ def find_best_configuration(
         warnings=log)
     if write:
         selection.save(workspace.best_configuration_file)
-        write_report(selection, workspace.root)
+        case_previews = None
+        if previews:
+            measured = dict(zip(cases, scores[best_index].base[False]))  # the selected candidate's raw Dice
+            case_previews = write_case_previews(workspace, selection, workspace.root, measured, progress)
+        write_report(selection, workspace.root, case_previews)
     return selection
