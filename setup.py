@@ -33,6 +33,9 @@ setup(
         "monai": ["monai>=1.4", "einops"],  # einops: MONAI builds both networks with it
         # quadric mesh decimation (autoseg mesh --decimate), the one pyvista uses; compiled, small
         "meshes": ["fast-simplification>=0.1"],
+        # DICOM-SEG output (predict --output-format dicom-seg): highdicom is the maintained library
+        # for it and validates what it builds; it brings pydicom, which DICOM input's checks read.
+        "dicom": ["highdicom>=0.22"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )
