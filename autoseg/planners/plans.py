@@ -44,8 +44,8 @@ class ChannelNormalization:
     """How one input channel is normalized.
 
     ``scheme``: ``"ct"`` (clip to ``clip_low``/``clip_high`` then z-score with the dataset's
-    ``mean``/``std``), ``"zscore"`` (per-case z-score), or ``"rgb"`` (per-case, per-channel
-    z-score of 8-bit colour).
+    ``mean``/``std``), ``"zscore"`` (per-case z-score), ``"rgb"`` (per-case, per-channel
+    z-score of 8-bit colour), or ``"none"`` (as read).
     """
 
     scheme: str
@@ -107,7 +107,7 @@ class ConfigurationPlan:
         return list(self.inference_patch_size or self.patch_size)
 
 
-NORMALIZATION_SCHEMES = ("ct", "zscore", "rgb")
+NORMALIZATION_SCHEMES = ("ct", "zscore", "rgb", "none")  # autoseg.preprocessing.normalization applies them
 
 
 def _validate_configuration(c: ConfigurationPlan, fail) -> None:
@@ -203,7 +203,7 @@ class Plans:
         if len(self.normalization) != len(self.channel_names):
             raise fail("normalization", f"{len(self.normalization)} schemes for {len(self.channel_names)} channels")
         for i, n in enumerate(self.normalization):
-            if n.scheme not in NORMALIZATION_SCHEMES:
+            if n.scheme.lower() not in NORMALIZATION_SCHEMES:
                 raise fail(f"normalization[{i}].scheme", f"'{n.scheme}' is not one of {', '.join(NORMALIZATION_SCHEMES)}")
         if not self.configurations:
             raise fail("configurations", "no configuration planned")

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.planners.plans import ChannelNormalization
+from autoseg.planners.plans import NORMALIZATION_SCHEMES, ChannelNormalization
 
-SCHEMES = ("ct", "zscore", "rgb", "none")
+SCHEMES = NORMALIZATION_SCHEMES
 _EPS = 1e-8
 
 
