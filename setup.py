@@ -36,6 +36,8 @@ setup(
         # DICOM-SEG output (predict --output-format dicom-seg): highdicom is the maintained library
         # for it and validates what it builds; it brings pydicom, which DICOM input's checks read.
         "dicom": ["highdicom>=0.22"],
+        # autoseg run --executor slurm: submitit submits and requeues the folds as a job array
+        "slurm": ["submitit>=1.5"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

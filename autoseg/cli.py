@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "find_best_configuration",
     "ensemble",
     "postprocess",
+    "run",
     "demo",
 ]
 

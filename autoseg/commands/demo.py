@@ -6,10 +6,10 @@ import argparse
 DESCRIPTION = """Run every stage on synthetic data in a few minutes on a laptop CPU:
 
   1. write a synthetic dataset (noisy ellipsoids, labels 1 and 2) into <workspace>/demo_data/
-  2. plan-and-preprocess it
-  3. train the five folds of 3d_fullres briefly
-  4. find-best-configuration on the cross-validation predictions
-  5. predict a held-out set of new synthetic cases (a different seed) and evaluate them
+  2. run the study on it (what 'autoseg run' does): plan-and-preprocess, train the five folds
+     of 3d_fullres briefly, find-best-configuration on the cross-validation predictions and
+     predict a held-out set of new synthetic cases (a different seed)
+  3. evaluate those predictions
 
 The models are trained for about a minute per fold, not hours: the point is to exercise and
 show the pipeline, not to reach good accuracy (raise --fold-minutes and --epochs for that).
@@ -44,12 +44,13 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import time
 
+    from autoseg.errors import UserError
+    from autoseg.study.runner import StudyOptions, run_study
     from autoseg.synthetic import make_dataset
     from autoseg.workspace import workspace_root
 
     start = time.time()
     root = workspace_root(args.workspace)
-    ws = ["--workspace", str(root)]
     data = root / "demo_data"
     raw = data / "AutosegDemo"
     test = data / "AutosegDemo_test"
@@ -58,24 +59,25 @@ def run(args: argparse.Namespace) -> int:
         make_dataset(raw, num_cases=args.num_cases, shape=(24, 32, 32), seed=0)
     if not (test / "dataset.json").is_file():
         make_dataset(test, num_cases=args.num_test_cases, shape=(24, 32, 32), seed=1)
-    _step("plan and preprocess", ["plan-and-preprocess", str(raw), *ws, "-c", "3d_fullres", "-np", "2"])
-    for k in args.folds:
-        # --continue: a second demo in the same workspace resumes (or keeps) the folds it finds
-        # instead of stopping at their checkpoints; without one a fold starts from scratch
-        _step(f"train fold {k}", ["train", "AutosegDemo", "3d_fullres", str(k), *ws, "--epochs", str(args.epochs),
-                                  "--iters-per-epoch", str(args.iters_per_epoch), "--time-budget", str(args.fold_minutes),
-                                  "--continue"])
-    _step("find the best configuration", ["find-best-configuration", "AutosegDemo", *ws,
-                                          "--folds", *[str(k) for k in args.folds]])
     predictions = data / "predictions"
     if predictions.exists():
         shutil.rmtree(predictions)
-    _step("predict held-out cases", ["predict", "-i", str(test / "imagesTr"), "-o", str(predictions),
-                                     "-d", "AutosegDemo", *ws])
+    # the study skips folds a first demo in this workspace finished and resumes interrupted ones
+    print(f"\n=== the study: plan and preprocess, train folds {' '.join(map(str, args.folds))} of 3d_fullres, "
+          "find the best configuration, predict the held-out cases", flush=True)
+    options = StudyOptions(configurations=["3d_fullres"], folds=list(args.folds), epochs=args.epochs,
+                           iters_per_epoch=args.iters_per_epoch, fold_minutes=args.fold_minutes, num_workers=2,
+                           predict=(str(test / "imagesTr"), str(predictions)))
+    summary = run_study(raw, root, options)
+    for line in summary.lines():
+        print(line)
+    if summary.status != "finished":
+        raise UserError(f"demo stopped: {summary.message}")
     _step("evaluate", ["evaluate", str(test / "labelsTr"), str(predictions)])
     dataset_ws = root / "AutosegDemo"
     print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min. Where to look:")
     print(f"  training curves      {dataset_ws}/results/*/fold_*/progress.png")
     print(f"  model selection      {dataset_ws}/find_best_report.md, find_best.png, best_configuration.json")
     print(f"  held-out predictions {predictions}/ (summary.json, summary.csv, volumes.csv)")
+    print(f"  the study            {dataset_ws}/study_status.json, study_summary.json, study_logs/")
     return 0

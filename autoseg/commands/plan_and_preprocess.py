@@ -7,11 +7,9 @@ cases that are already done.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def default_num_workers() -> int:
@@ -49,68 +47,35 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoseg.atomic import write_json
     from autoseg.dataset.integrity import verify_dataset
     from autoseg.dataset.layout import load_dataset
     from autoseg.errors import DatasetError, UserError
-    from autoseg.workspace import DatasetWorkspace
+    from autoseg.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     if args.num_workers < 1:
         raise UserError(f"-np must be at least 1, got {args.num_workers}")
     started = time.perf_counter()
-    spec = load_dataset(args.dataset)
-    problems = verify_dataset(spec, args.num_workers)
     if args.verify_only:
+        spec = load_dataset(args.dataset)
+        problems = verify_dataset(spec, args.num_workers)
         if problems:
             print(DatasetError(problems, spec.root), file=sys.stderr)
             return 2
         print(f"dataset OK: {len(spec.cases)} cases")
         return 0
-    if problems:
-        raise DatasetError(problems, spec.root)
 
-    from autoseg.fingerprint.fingerprint import compute_fingerprint
-    from autoseg.planners import get_planner
+    def planned(prepared) -> None:
+        for line in prepared.describe():
+            print(line)
+        print(f"wrote {prepared.workspace.fingerprint_file} and {prepared.workspace.plans_file}", flush=True)
 
-    workspace = DatasetWorkspace.create(args.workspace, args.name or Path(spec.root).name)
-    workspace.root.mkdir(parents=True, exist_ok=True)
-    write_json(workspace.source_file, {"raw_path": str(spec.root), "layout": spec.layout})
-
-    fingerprint = compute_fingerprint(spec, args.num_workers)
-    fingerprint.save(workspace.fingerprint_file)
-
-    planner_cls = get_planner(args.planner)
-    options = {"force_hybrid": True} if getattr(args, "hybrid", False) else {}
-    if options and "force_hybrid" not in inspect.signature(planner_cls).parameters:
-        raise UserError(f"--hybrid: planner '{args.planner}' has no force_hybrid option")
-    planner = planner_cls(fingerprint, gpu_memory_gb=args.gpu_memory, profile=args.profile, **options)
-    plans = planner.plan()
-    plans.n4_bias_correction = bool(args.n4)
-    plans.save(workspace.plans_file)
-
-    configurations = args.configurations or list(plans.configurations)
-    unknown = [c for c in configurations if c not in plans.configurations]
-    if unknown:
-        raise UserError(f"configuration(s) {', '.join(unknown)} not planned; planned: {', '.join(plans.configurations)}")
-
-    print(f"{spec.name}: {len(spec.cases)} cases, {len(plans.channel_names)} channel(s) {plans.channel_names}, "
-          f"label values {plans.label_values}, profile {plans.profile}")
-    for name, config in plans.configurations.items():
-        spacing = "x".join(f"{s:.3g}" for s in config.spacing)
-        patch = "x".join(str(s) for s in config.patch_size)
-        mark = "" if name in configurations else "  (not preprocessed)"
-        print(f"  {name:<11} spacing {spacing} mm, patch {patch}, batch {config.batch_size}, "
-              f"{config.network.n_stages} stages{mark}")
-    print(f"wrote {workspace.fingerprint_file} and {workspace.plans_file}")
+    prepared = plan_and_preprocess(
+        args.dataset, args.workspace, name=args.name, num_workers=args.num_workers, planner=args.planner,
+        gpu_memory_gb=args.gpu_memory, profile=args.profile, configurations=args.configurations,
+        force_hybrid=bool(getattr(args, "hybrid", False)), n4=args.n4, plan_only=args.plan_only, on_planned=planned)
     if args.plan_only:
         return 0
-
-    from autoseg.preprocessing.runner import preprocess_dataset
-
-    counts = preprocess_dataset(spec, plans, configurations, workspace, args.num_workers, n4=args.n4)
-    for ident, n in counts.items():
-        skipped = len(spec.cases) - n
-        extra = f" ({skipped} already done)" if skipped else ""
-        print(f"preprocessed {n} case(s) into {workspace.preprocessed_dir(ident)}{extra}")
+    for line in prepared.preprocessing_lines():
+        print(line)
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
