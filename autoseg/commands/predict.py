@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autoseg.inference.cases import FolderPart
+    from autoseg.inference.predictor import Predictor
 
 
 def register(subparsers) -> None:
@@ -41,6 +47,12 @@ def register(subparsers) -> None:
                    help="atlas_istn models: test-time refinement iterations of the STN per case (default: the "
                         "trained model's, 50); 0 = one pass. Writes CASE (warped atlas), CASE_itn and "
                         "CASE_displacement.nii.gz; see documentation/atlas_istn.md")
+    p.add_argument("--part", type=int, default=None, metavar="K",
+                   help="with --num-parts N: predict only cases K, K+N, K+2N, ... of INPUT (in case-id order), so N "
+                        "processes, e.g. one per GPU (CUDA_VISIBLE_DEVICES=K), predict the folder once between them; "
+                        "volumes go to volumes_partKofN.csv (documentation/distributed.md)")
+    p.add_argument("--num-parts", type=int, default=None, metavar="N",
+                   help="number of parts INPUT is split into (see --part)")
     p.add_argument("--workspace", default=None, help="workspace folder (default $AUTOSEG_HOME or ~/autoseg_workspace)")
     p.set_defaults(func=run)
 
@@ -61,6 +73,36 @@ def _atlas_refinement(predictors, folds: list[str], args: argparse.Namespace):
     return AtlasRefinement(load_atlas_model(with_atlas[0], predictors[0].device), args.refine)
 
 
+def _input_part(args: argparse.Namespace) -> FolderPart | None:
+    """The part of INPUT this process predicts (--part/--num-parts), None for all of it; checked
+    before any model loads."""
+    from autoseg.errors import UserError
+    from autoseg.inference.cases import FolderPart
+
+    if args.part is None and args.num_parts is None:
+        return None
+    if args.part is None or args.num_parts is None:
+        raise UserError("--part K and --num-parts N go together (this process predicts part K of N)")
+    return FolderPart(args.input, args.part, args.num_parts)
+
+
+def _write_part_volumes(predictors: list[Predictor], part: FolderPart, output_folder: Path) -> Path:
+    """The part's volume table, from its cases' segmentations (those predicted now and those kept)."""
+    from autoseg.dataset.imageio import read_label
+    from autoseg.inference.cases import find_input_cases
+    from autoseg.inference.export import label_volumes_ml
+    from autoseg.inference.folder import output_name, write_volumes_csv
+
+    first = predictors[0]
+    rows = []
+    for case in find_input_cases(part, first.num_channels):
+        seg, geometry = read_label(output_folder / output_name(case))
+        rows.append((case.case_id, label_volumes_ml(seg, geometry.spacing, first.label_values)))
+    path = output_folder / part.volumes_name
+    write_volumes_csv(path, rows, first.label_values, first.plans.label_names)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     from autoseg.errors import UserError
     from autoseg.inference.folder import predict_folder
@@ -68,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.postprocessing.selection import models_to_predict
     from autoseg.workspace import resolve_dataset
 
+    part = _input_part(args)
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"dataset workspace {ws.root} does not exist; check -d and --workspace")
@@ -81,12 +124,20 @@ def run(args: argparse.Namespace) -> int:
                                                       device=args.device, tta=not args.no_tta, overlap=args.overlap,
                                                       precision=args.precision))
     refinement = _atlas_refinement(predictors, folds, args)
+    if refinement is not None and part is not None and part.num_parts > 1:
+        raise UserError("--part/--num-parts: an atlas_istn model keeps one atlas_istn.json per output folder, which "
+                        "parts writing at once would overwrite; predict its cases in one process")
     names = " + ".join(f"{t}__{c}" for t, c in members)
     print(f"predicting with {names}, folds {', '.join(folds)}"
           + (f", postprocessing {post}" if post else "") + ("" if not args.no_tta else ", no TTA")
-          + (f", atlas-ISTN refinement {refinement.iterations} iteration(s)" if refinement else ""))
-    done = predict_folder(predictors, args.input, args.output, save_probabilities=args.save_probabilities,
+          + (f", atlas-ISTN refinement {refinement.iterations} iteration(s)" if refinement else "")
+          + (f", part {part.part} of {part.num_parts}" if part is not None else ""))
+    # a part's table is its own file: predict_folder's volumes.csv would cover only this part's cases
+    source = args.input if part is None else part
+    done = predict_folder(predictors, source, args.output, save_probabilities=args.save_probabilities,
                           uncertainty=args.uncertainty, overwrite=args.overwrite, num_workers=args.num_workers,
-                          postprocessing=post, refinement=refinement)
-    print(f"predicted {len(done)} case(s) into {args.output} (volumes in {args.output}/volumes.csv)")
+                          postprocessing=post, refinement=refinement, write_volumes=part is None)
+    output = Path(args.output)
+    volumes = output / "volumes.csv" if part is None else _write_part_volumes(predictors, part, output)
+    print(f"predicted {len(done)} case(s) into {args.output} (volumes in {volumes})")
     return 0

@@ -10,7 +10,10 @@ validation cases in their original geometry and score them.
 Results go to <workspace>/<dataset>/results/<trainer>__<configuration>/fold_<k>/:
 checkpoint_{latest,best,final}.pt, log.json, progress.png, validation/ (segmentations,
 probabilities, summary.json). Splits are made once per dataset (splits.json); cases of one
-patient stay in one fold. An interrupted run resumes with --continue."""
+patient stay in one fold. An interrupted run resumes with --continue.
+
+Several GPUs or nodes: start it under torchrun (torchrun --nproc_per_node N -m autoseg train ...);
+it trains with DistributedDataParallel and rank 0 writes everything (documentation/distributed.md)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
         fg = summary.get("foreground_mean", {})
         print(f"validation of fold {args.fold}: mean Dice {fg.get('Dice', float('nan')):.4f} over "
               f"{summary.get('num_cases')} case(s); details in {trainer.fold_dir / 'validation' / 'summary.json'}")
-    print(f"model: {trainer.results_dir}")
+    if trainer.dist.is_main:  # under torchrun, rank 0 speaks for all
+        print(f"model: {trainer.results_dir}")
     return 0

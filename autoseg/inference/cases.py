@@ -2,6 +2,9 @@
 
 A folder holds either one file per case (``CASE.nii.gz``, possibly multi-channel: a 4D volume
 or an RGB PNG) or nnU-Net-style channel files ``CASE_0000.nii.gz``, ``CASE_0001...``.
+
+A :class:`FolderPart` stands for a folder where one of several processes predicts only its
+share of the cases (``autoseg predict --part K --num-parts N``).
 """
 from __future__ import annotations
 
@@ -24,8 +27,49 @@ class InputCase:
     ending: str  # the input's file ending; the prediction is written in the same format
 
 
-def find_input_cases(folder: str | os.PathLike, num_channels: int) -> list[InputCase]:
-    """The cases in ``folder``: nnU-Net-style ``CASE_XXXX`` channel files, else one file per case."""
+@dataclass(frozen=True)
+class FolderPart:
+    """Part ``part`` of ``num_parts`` of an input folder: its cases number ``part``, ``part + num_parts``,
+    ... of the folder's cases in case-id order.
+
+    N processes given parts 0 to N-1 of one folder (one per GPU) predict every case exactly once,
+    whatever order they run in, and a rerun gives each the same cases. It is a path (``os.PathLike``:
+    the folder) wherever a folder is expected; :func:`find_input_cases` keeps the part's cases.
+    """
+
+    folder: Path
+    part: int = 0
+    num_parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_parts < 1:
+            raise UserError(f"--num-parts must be at least 1, got {self.num_parts}")
+        if not 0 <= self.part < self.num_parts:
+            raise UserError(f"--part must be 0 to {self.num_parts - 1} with --num-parts {self.num_parts}, "
+                            f"got {self.part}")
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.folder)
+
+    def select(self, cases: Sequence[InputCase]) -> list[InputCase]:
+        """This part's cases of the folder's ``cases`` (sorted by case id, as found)."""
+        return sorted(cases, key=lambda c: c.case_id)[self.part::self.num_parts]
+
+    @property
+    def volumes_name(self) -> str:
+        """The volume table of this part: ``volumes.csv`` unsplit, else ``volumes_part{K}of{N}.csv``,
+        so parts writing into one output folder never overwrite each other's table."""
+        return "volumes.csv" if self.num_parts == 1 else f"volumes_part{self.part}of{self.num_parts}.csv"
+
+
+def find_input_cases(folder: str | os.PathLike | FolderPart, num_channels: int) -> list[InputCase]:
+    """The cases in ``folder``: nnU-Net-style ``CASE_XXXX`` channel files, else one file per case.
+
+    For a :class:`FolderPart` only the part's cases, after checking the whole folder as above.
+    """
+    if isinstance(folder, FolderPart):
+        return folder.select(find_input_cases(folder.folder, num_channels))
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"input folder {folder} does not exist")

@@ -45,6 +45,7 @@ from autoseg.networks import build_network
 from autoseg.planners.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.preprocessed import PreprocessedFolder
 from autoseg import checkpoint as ckpt
+from autoseg.trainers.distributed import DistributedContext
 from autoseg.trainers.losses import DEFAULT_LOSS, DeepSupervisionLoss, deep_supervision_weights, make_loss
 from autoseg.trainers.progress import EpochRecord, ProgressLog, plot_progress
 from autoseg.trainers.splits import fold_cases, load_or_create_splits
@@ -133,6 +134,7 @@ class Trainer:
         self.start_time = time.monotonic()
         self.ws = workspace
         self.settings = settings or TrainingSettings()
+        self.dist = DistributedContext.from_env()  # one process unless started by torchrun
         self.fold = str(fold)
         if self.fold != "all" and not self.fold.isdigit():
             raise UserError(f"fold '{fold}' must be a number (0-4) or 'all'")
@@ -151,14 +153,19 @@ class Trainer:
         self.case_ids = self.preprocessed.case_ids()
         if not self.case_ids:
             raise UserError(f"{self.preprocessed_dir} holds no preprocessed cases; run 'autoseg plan-and-preprocess' first")
-        splits = load_or_create_splits(workspace, self.case_ids, self.settings.group_regex)
+        if self.dist.is_distributed and not self.supports_distributed():
+            raise UserError(f"trainer '{self.results_name()}' cannot train under torchrun (its training step runs "
+                            "networks of its own that DDP does not synchronise); train it in one process")
+        # the process group first: under torchrun rank 0 alone writes splits.json, the others read it
+        self.device = self.dist.start(resolve_device(self.settings.device))
+        splits = self.dist.main_first(
+            lambda: load_or_create_splits(workspace, self.case_ids, self.settings.group_regex))
         self.train_ids, self.val_ids = fold_cases(splits, self.fold, self.case_ids)
         missing = sorted(set(self.train_ids + self.val_ids) - set(self.case_ids))
         if missing:
             raise UserError(f"{workspace.splits_file} lists case(s) that are not preprocessed: {', '.join(missing[:5])}")
         self.results_dir = workspace.results_dir(self.results_name(), configuration)
         self.fold_dir = workspace.fold_dir(self.results_name(), configuration, self.fold)
-        self.device = resolve_device(self.settings.device)
         kind = "gpu" if self.device.type in ("cuda", "mps") else "cpu"
         s = self.settings
         self.max_epochs = s.epochs if s.epochs is not None else self.default_epochs[kind]
@@ -238,6 +245,12 @@ class Trainer:
             budget is None and self.total_planned_iterations() < self.short_run_iterations)
         return "light" if short else "full"
 
+    def supports_distributed(self) -> bool:
+        """Whether torchrun may train this trainer: DDP synchronises the gradients of ``self.network``
+        in the base training step. A trainer whose step trains more (atlas_istn's STN, its atlas)
+        overrides this once those are synchronised too."""
+        return type(self).train_step is Trainer.train_step
+
     def total_planned_iterations(self) -> int:
         return self.max_epochs * self.iters_per_epoch
 
@@ -270,6 +283,10 @@ class Trainer:
 
         scales = self.deep_supervision_scales()
         sampler = self.build_sampler(case_ids, seed)
+        if self.dist.is_distributed:
+            # this rank's share of the plan's batch and of its foreground-forced patches
+            sampler.batch_size, sampler.oversample_foreground = self.dist.batch_share(
+                sampler.batch_size, sampler.oversample_foreground)
         if train:
             transforms = build_train_transforms(self.config.patch_size, self.config.dim, self.config.anisotropic, scales,
                                                 strength=self.augmentation, mirror_axes=self.mirror_axes(),
@@ -285,20 +302,26 @@ class Trainer:
     def _setup(self) -> None:
         if self.device.type == "cpu":
             # the loader is a thread that mostly waits in numpy/scipy with the GIL released:
-            # torch keeps every core (one thread fewer measured 1.7x slower on 2 cores)
-            torch.set_num_threads(os.cpu_count() or 1)
+            # torch keeps every core (one thread fewer measured 1.7x slower on 2 cores); ranks on
+            # one machine share them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.dist.local_world_size))
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
         self.network = build_network(self.plans, self.config).to(self.device)
+        # what training steps call: DDP under torchrun; self.network stays the plain module for
+        # checkpoints, patch validation and prediction
+        self.training_network = self.dist.wrap(self.network)
         self.optimizer = self.build_optimizer(self.network)
         self.n_outputs = len(self.deep_supervision_scales())
         self.loss = self.build_loss(self.n_outputs)
         self.val_loss = make_loss(self.loss_name)  # comparable with the training loss
         self.fold_dir.mkdir(parents=True, exist_ok=True)
-        remove_partials(self.fold_dir)
-        (self.fold_dir / ckpt.DONE).unlink(missing_ok=True)  # present only once this run has finished
-        # the model folder must be self-contained for prediction, whatever happens to the workspace
-        self.model_plans().save(self.results_dir / "plans.json")
+        if self.dist.is_main:  # the one process that writes the fold's files
+            remove_partials(self.fold_dir)
+            (self.fold_dir / ckpt.DONE).unlink(missing_ok=True)  # present only once this run has finished
+            # the model folder must be self-contained for prediction, whatever happens to the workspace
+            self.model_plans().save(self.results_dir / "plans.json")
+        self.dist.barrier()
 
     def model_plans(self) -> Plans:
         """The plans with this configuration as trained: what the model folder's ``plans.json`` holds."""
@@ -397,7 +420,7 @@ class Trainer:
             g["lr"] = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            output = self.network(data)
+            output = self.training_network(data)
             loss = self.loss(output, target)
         self._backward_and_step(loss)
         return float(loss.detach())
@@ -413,7 +436,8 @@ class Trainer:
         else:
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            if torch.isfinite(grad_norm):
+            # one decision for all ranks, or their weights drift apart
+            if self.dist.all_true(bool(torch.isfinite(grad_norm))):
                 self.optimizer.step()
             else:
                 # What GradScaler does for fp16 on a GPU, for bf16 and fp32 too: one non-finite
@@ -452,13 +476,16 @@ class Trainer:
         latest = self.fold_dir / ckpt.LATEST
         final = self.fold_dir / ckpt.FINAL
         if self.settings.continue_training:
-            source = latest if latest.is_file() else final if final.is_file() else None
+            # every rank resumes from the file rank 0 found
+            source = self.dist.from_main(latest if latest.is_file() else final if final.is_file() else None)
             if source is None:
-                print(f"--continue: no checkpoint in {self.fold_dir}; starting from scratch", file=sys.stderr)
+                if self.dist.is_main:
+                    print(f"--continue: no checkpoint in {self.fold_dir}; starting from scratch", file=sys.stderr)
             else:
                 self.load_state_dict(ckpt.load_checkpoint(source, map_location=self.device))
-                print(f"resuming {self.fold_dir.name} from {source.name}: epoch {self.epoch}, "
-                      f"iteration {self.iteration}/{self.total_iterations}", file=sys.stderr)
+                if self.dist.is_main:
+                    print(f"resuming {self.fold_dir.name} from {source.name}: epoch {self.epoch}, "
+                          f"iteration {self.iteration}/{self.total_iterations}", file=sys.stderr)
         elif latest.is_file() or final.is_file():
             raise UserError(f"{self.fold_dir} already holds a checkpoint; pass --continue to resume it "
                             "(or delete the folder to start over)")
@@ -469,7 +496,11 @@ class Trainer:
                   "optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
                   "augmentation": self.augmentation, "loss": self.loss_name, "mirror_axes": self.mirror_axes(),
                   "scale_range": self.config.scale_range, "time_budget_min": self.settings.time_budget_min}
-        seed = self.settings.seed + self.iteration  # a resumed run draws fresh, still deterministic, patches
+        if self.dist.is_distributed:
+            header["world_size"] = self.dist.world_size
+            header["batch_size_per_rank"] = self.dist.batch_share(self.config.batch_size, self.oversample_foreground)[0]
+        # a resumed run draws fresh, still deterministic, patches; each rank its own
+        seed = self.dist.rank_seed(self.settings.seed + self.iteration)
         if self.settings.time_budget_min is not None and self.iteration < self.total_iterations:
             # a first deadline before any epoch ends, so even the first epoch respects the budget
             self._forward_time_s = self._measure_forward_time()
@@ -480,13 +511,19 @@ class Trainer:
                 val_batches = self.build_batches(self.val_ids, False, seed + 1) if self.val_iters else None
                 while self.iteration < self.total_iterations:
                     self._run_epoch(train_batches, val_batches, header, tqdm)
-                self._save(ckpt.FINAL)
-                latest.unlink(missing_ok=True)
+                if self.dist.is_main:
+                    self._save(ckpt.FINAL)
+                    latest.unlink(missing_ok=True)
         finally:
             for c in self._closables:
                 close = getattr(c, "close", None)
                 if close is not None:
                     close()
+        self.dist.barrier()  # the final checkpoint exists for every rank that returns
+        self.training_network = self.network  # DDP's reducer holds the process group: it goes first
+        self.dist.close()  # training was the last step the ranks share
+        if not self.dist.is_main:
+            return {}  # rank 0 alone validates and writes done.json
         summary = {} if self.fold == "all" or not self.settings.final_validation else self.validate()
         fg = summary.get("foreground_mean", {})
         write_json(self.fold_dir / ckpt.DONE, {
@@ -500,23 +537,26 @@ class Trainer:
         n = min(self.iters_per_epoch, self.total_iterations - self.iteration)
         self.network.train()
         losses = []
-        bar = tqdm(range(n), desc=f"epoch {self.epoch}", leave=False, dynamic_ncols=True, disable=None)
+        bar = tqdm(range(n), desc=f"epoch {self.epoch}", leave=False, dynamic_ncols=True,
+                   disable=None if self.dist.is_main else True)
         for _ in bar:
             losses.append(self.train_step(next(train_batches)))
             self.iteration += 1
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if self._deadline is not None and time.monotonic() > self._deadline:
+            # rank 0's clock decides for all: every rank must run the same steps
+            if self._deadline is not None and self.dist.main_flag(time.monotonic() > self._deadline):
                 # the budget ran out inside an epoch (a tiny budget, or the machine slowed down)
                 self.total_iterations = self.iteration
                 break
         n = len(losses)
         train_time = time.monotonic() - t0
+        train_loss = self.dist.mean(float(np.mean(losses)))
         skipped, self._skipped_steps = self._skipped_steps, 0
         if skipped == n:
             raise RuntimeError(f"training diverged: every one of epoch {self.epoch}'s {n} steps had a non-finite "
                                f"gradient (last loss {losses[-1]}), so no weight was updated; checkpoint_latest.pt "
                                f"keeps the weights of the epoch before")
-        if skipped:
+        if skipped and self.dist.is_main:
             print(f"epoch {self.epoch}: {skipped} of {n} steps skipped (non-finite gradient)", file=sys.stderr)
         self._iter_times.append(train_time / n)
         self.on_train_epoch_end()
@@ -528,10 +568,11 @@ class Trainer:
                 loss, c = self.validation_step(next(val_batches))
                 vl.append(loss)
                 counts += c
+            counts = self.dist.sum(counts)  # every rank's patches: one pseudo-Dice for all
             tp, fp, fn = counts
             # a class absent from every validation patch and never predicted is no error: NaN, not 0
             dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
-            val_loss = float(np.mean(vl))
+            val_loss = self.dist.mean(float(np.mean(vl)))
         finite = [d for d in dice if not math.isnan(d)]
         mean_dice = float(np.mean(finite)) if finite else None
         budgeted = self.settings.time_budget_min is not None
@@ -541,14 +582,17 @@ class Trainer:
         if budgeted:
             self._epoch_overheads.append(time.monotonic() - t0 - train_time)
             self._replan_for_budget()
+            self.total_iterations = self.dist.from_main(self.total_iterations)  # rank 0's plan for all
         lr = self._lr()  # after re-planning: the rate the next iteration would use
-        record = EpochRecord(epoch=self.epoch - 1, iterations=self.iteration, train_loss=float(np.mean(losses)),
+        record = EpochRecord(epoch=self.epoch - 1, iterations=self.iteration, train_loss=train_loss,
                              val_loss=val_loss, pseudo_dice=dice, mean_pseudo_dice=mean_dice,
                              smoothed_dice=self.log.smoothed(mean_dice), lr=lr,
                              epoch_time_s=0.0, iterations_per_s=n / train_time if train_time > 0 else 0.0,
                              skipped_steps=skipped)
         is_best = self.log.add(record)
         record.epoch_time_s = time.monotonic() - t0
+        if not self.dist.is_main:
+            return  # the other ranks hold the same weights and log; rank 0 writes them
         self._save(ckpt.LATEST)
         if is_best:
             self._save(ckpt.BEST)
