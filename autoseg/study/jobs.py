@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from autoseg.workspace import DatasetWorkspace
 
@@ -146,20 +146,6 @@ def fold_lock(job: TrainJob) -> contextlib.AbstractContextManager:
     return file_lock(job.fold_dir.parent / f".fold_{job.fold}.lock", wait=True, on_wait=say)
 
 
-def _keep_thread_count(trainer: Any, threads: int) -> None:
-    """The trainer's setup gives torch every core of the machine; a job shares them with its
-    siblings (cores // parallel jobs), so set the job's count again right after."""
-    import torch
-
-    setup = trainer._setup
-
-    def setup_with_job_threads() -> None:
-        setup()
-        torch.set_num_threads(threads)
-
-    trainer._setup = setup_with_job_threads
-
-
 def run_train_job(job: TrainJob) -> dict:
     """Train (or resume, or skip) the job's fold; returns ``{"status": "done" | "skipped", ...}``.
 
@@ -189,9 +175,8 @@ def run_train_job(job: TrainJob) -> dict:
             settings = TrainingSettings(
                 epochs=job.epochs, iters_per_epoch=job.iters_per_epoch, val_iters=job.val_iters,
                 time_budget_min=job.time_budget_min, device=job.device, precision=job.precision,
-                num_workers=job.num_workers, continue_training=resume, seed=job.seed)
+                num_workers=job.num_workers, continue_training=resume, seed=job.seed, num_threads=threads)
             trainer = get_trainer(job.trainer)(job.workspace, job.configuration, job.fold, settings)
-            _keep_thread_count(trainer, threads)
             summary = trainer.run()
     finally:
         torch.set_num_threads(previous_threads)

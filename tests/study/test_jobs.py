@@ -5,10 +5,9 @@ import pickle
 import threading
 import time
 
-import torch
 
 from autoseg.atomic import write_json
-from autoseg.study.jobs import TrainJob, _keep_thread_count, execute_job, fold_lock, is_done, run_train_job
+from autoseg.study.jobs import TrainJob, execute_job, fold_lock, is_done, run_train_job
 
 
 def _job(tmp_path, **kw) -> TrainJob:
@@ -65,18 +64,3 @@ def test_fold_lock_makes_a_second_run_wait(tmp_path, capsys):
     t.join(5)
     assert order == ["first done", "second"]
     assert "is being trained by pid" in capsys.readouterr().err
-
-
-def test_the_job_thread_count_survives_the_trainer_setup():
-    class FakeTrainer:
-        def _setup(self):
-            torch.set_num_threads(1 if torch.get_num_threads() != 1 else 2)  # what Trainer._setup does: its own count
-
-    before = torch.get_num_threads()
-    try:
-        trainer = FakeTrainer()
-        _keep_thread_count(trainer, before)
-        trainer._setup()
-        assert torch.get_num_threads() == before
-    finally:
-        torch.set_num_threads(before)

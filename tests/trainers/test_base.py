@@ -340,3 +340,15 @@ def test_an_epoch_of_only_non_finite_steps_stops_with_a_clear_error(tmp_path, mo
     with pytest.raises(RuntimeError, match="every one of epoch 0's 3 steps had a non-finite gradient"):
         t._run_epoch(itertools.repeat(None), None, {}, lambda it, **kw: tqdm(it, disable=True))
     assert not (t.fold_dir / "checkpoint_latest.pt").exists()
+
+
+def test_num_threads_sets_torchs_thread_count_for_the_run(tmp_path):
+    from autoseg.trainers.unet import UNetTrainer
+
+    ws = make_workspace(tmp_path, num_cases=3)
+    before = torch.get_num_threads()
+    try:
+        UNetTrainer(ws, "3d_fullres", 0, TrainingSettings(device="cpu", num_threads=1))._setup()
+        assert torch.get_num_threads() == 1  # a study's job shares the machine's cores with its siblings
+    finally:
+        torch.set_num_threads(before)
