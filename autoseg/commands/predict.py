@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                    help="also write CASE_entropy<ending>: per-voxel entropy of the averaged probabilities")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4-8x faster)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
+    p.add_argument("--scratch-dir", default=None, metavar="DIR",
+                   help="where a volume whose class probabilities exceed half the RAM accumulates them on disk "
+                        "(default: the system's temporary folder; documentation/inference.md, \"Memory\")")
     p.add_argument("--overwrite", action="store_true", help="predict again cases whose output already exists")
     p.add_argument("--no-postprocessing", action="store_true",
                    help="ignore the postprocessing chosen in best_configuration.json")
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise UserError(f"no trained model in {folder}; train it with 'autoseg train' (or pass --trainer/-c)")
         predictors.append(Predictor.from_model_folder(folder, folds=folds, checkpoint=args.checkpoint,
+                                                      scratch_dir=args.scratch_dir,
                                                       device=args.device, tta=not args.no_tta, overlap=args.overlap,
                                                       precision=args.precision))
     refinement = _atlas_refinement(predictors, folds, args)

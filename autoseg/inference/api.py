@@ -75,7 +75,8 @@ def predict(
 
     Returns a SimpleITK image when given one (same geometry), else a numpy label map
     ``(Z, Y, X)`` of label values; with ``return_probabilities`` a tuple ``(seg, probabilities)``
-    where probabilities are ``(K, Z, Y, X)`` float32 in the input's grid.
+    where probabilities are ``(K, Z, Y, X)`` float32 in the input's grid: ``K`` image-sized float32
+    volumes in memory (4 bytes x classes x voxels), which prediction otherwise never holds.
     """
     from autoseg.dataset.imageio import array_to_image, image_to_array
     from autoseg.inference.predictor import predict_case
@@ -102,7 +103,8 @@ def predict(
     predictors, post = _predictors(model_folder, dataset, configuration, folds, workspace, trainer, checkpoint,
                                    device, tta, overlap, precision)
     spec = post if postprocessing is True else (postprocessing or None)
-    prediction = predict_case(predictors, image.astype(np.float32, copy=False), geometry, postprocessing=spec)
+    prediction = predict_case(predictors, image.astype(np.float32, copy=False), geometry, postprocessing=spec,
+                              probabilities=bool(return_probabilities))
     seg = prediction.segmentation
     result = array_to_image(seg, geometry) if as_sitk else seg
     return (result, prediction.probabilities) if return_probabilities else result

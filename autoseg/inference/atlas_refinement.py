@@ -37,9 +37,8 @@ from autoseg.dataset.imageio import Geometry
 from autoseg.errors import UserError
 from autoseg.inference.cases import InputCase
 from autoseg.inference.export import write_prediction
-from autoseg.inference.predictor import Inferred, Predictor
+from autoseg.inference.predictor import Inferred, Predictor, finish
 from autoseg.networks.stn import SpatialTransformer, atlas_losses, normalised_to_voxel_scale, smoothness_loss
-from autoseg.postprocessing.ensemble import segmentation_from_probabilities
 from autoseg.preprocessing.atlas_grid import crop_to_box, foreground_center, grid_box, uncrop_from_box
 
 
@@ -192,7 +191,7 @@ class AtlasRefinement:
     def write(self, predictor: Predictor, case: InputCase, geometry: Geometry, inferred: Inferred,
               result: AtlasResult, output_folder: Path) -> None:
         (itn, props), = inferred
-        itn_seg = segmentation_from_probabilities(predictor.export(itn, props), predictor.label_values)
+        itn_seg = finish([predictor], [(itn, props)]).segmentation
         write_prediction(itn_seg, geometry, output_folder / self.output_names(case)[0])
         corner = [lo * s for (lo, _), s in zip(result.box, props["target_spacing"])]
         write_displacement(result.displacement_mm, self.model.spacing, corner, output_folder / self.output_names(case)[1])

@@ -1,27 +1,71 @@
 """From the preprocessed grid back to the input image's grid, and onto disk.
 
 Probabilities are resampled back to the cropped shape at the original spacing (linear,
-one class at a time so only one extra volume exists at once) and written straight into
-the original-size array; outside the crop box the background has probability 1.
-Results are written with exactly the input's spacing, origin and direction, in the
-input's file format (2D in, 2D out).
+one class at a time) and placed into the original-size grid; outside the crop box the
+background has probability 1. Results are written with exactly the input's spacing, origin
+and direction, in the input's file format (2D in, 2D out).
+
+:func:`export_case` is what every prediction runs: it streams the classes, so that memory
+holds a few volumes of the original grid whatever the number of classes (see "Memory" in
+documentation/inference.md). Only a caller that asks for the probabilities gets them, written
+class by class into a ``.npy`` file or, for the Python API, as a ``(K, Z0, Y0, X0)`` array in
+memory. :func:`to_original_geometry` builds that whole array for one configuration.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.planners.plans import ConfigurationPlan, Plans
+from autoseg.postprocessing.ensemble import ClassFileWriter, RunningArgmax
 from autoseg.preprocessing.resampling import resample
+
 
 def _config(plans: Plans, config: ConfigurationPlan | str) -> ConfigurationPlan:
     return plans.configuration(config) if isinstance(config, str) else config
+
+
+def _as_numpy(probabilities: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.detach().cpu().numpy()
+    if probabilities.ndim != 4:
+        raise ValueError(f"expected (K, Z, Y, X) probabilities, got shape {probabilities.shape}")
+    return probabilities
+
+
+class ExportMember:
+    """One configuration's preprocessed-grid probabilities of a case, resampled back one class at a time."""
+
+    def __init__(self, probabilities: np.ndarray | torch.Tensor, properties: dict[str, Any],
+                 config: ConfigurationPlan) -> None:
+        from autoseg.preprocessing.pipeline import separate_axis_for
+
+        self.probabilities = _as_numpy(probabilities)
+        self.config = config
+        self.original_shape = tuple(int(s) for s in properties["original_shape"])
+        self.crop_shape = tuple(int(s) for s in properties["shape_after_crop"])
+        self.box = tuple((int(lo), int(hi)) for lo, hi in properties["crop_bbox"])
+        if "separate_axis" in properties:
+            self.axis = properties["separate_axis"]
+        else:
+            self.axis = separate_axis_for(config, properties["original_spacing"], properties["target_spacing"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.probabilities.shape[0]
+
+    def crop_class(self, c: int) -> np.ndarray:
+        """Class ``c`` on the crop box of the original grid, float32 (may share the input's memory)."""
+        # linear for probabilities: a cubic spline would overshoot outside [0, 1]
+        return resample(self.probabilities[c].astype(np.float32, copy=False), self.crop_shape, order=1,
+                        separate_axis=self.axis, separate_axis_order=self.config.resampling.separate_axis_order)
 
 
 def to_original_geometry(
@@ -30,32 +74,131 @@ def to_original_geometry(
     plans: Plans,
     config: ConfigurationPlan | str,
 ) -> np.ndarray:
-    """``(K, z, y, x)`` probabilities on the preprocessed grid -> ``(K, Z0, Y0, X0)`` float32."""
-    from autoseg.preprocessing.pipeline import separate_axis_for
+    """``(K, z, y, x)`` probabilities on the preprocessed grid -> ``(K, Z0, Y0, X0)`` float32.
 
-    config = _config(plans, config)
-    if isinstance(probabilities, torch.Tensor):
-        probabilities = probabilities.detach().cpu().numpy()
-    if probabilities.ndim != 4:
-        raise ValueError(f"expected (K, Z, Y, X) probabilities, got shape {probabilities.shape}")
-    k = probabilities.shape[0]
-    original_shape = tuple(int(s) for s in properties["original_shape"])
-    crop_shape = tuple(int(s) for s in properties["shape_after_crop"])
-    bbox = properties["crop_bbox"]
-    inside = bounding_box_to_slice([[int(lo), int(hi)] for lo, hi in bbox])
-    if "separate_axis" in properties:
-        axis = properties["separate_axis"]
-    else:
-        axis = separate_axis_for(config, properties["original_spacing"], properties["target_spacing"])
-
-    out = np.zeros((k,) + original_shape, dtype=np.float32)
+    The whole array: ``K`` original-grid volumes. Prediction itself never builds it
+    (:func:`export_case`); this is for callers that want the array.
+    """
+    member = ExportMember(probabilities, properties, _config(plans, config))
+    inside = tuple(slice(lo, hi) for lo, hi in member.box)
+    out = np.zeros((member.num_classes,) + member.original_shape, dtype=np.float32)
     out[0] = 1.0  # outside the crop box there was no image: background
-    for c in range(k):
-        # linear for probabilities: a cubic spline would overshoot outside [0, 1]
-        out[(c,) + inside] = resample(probabilities[c].astype(np.float32, copy=False), crop_shape, order=1,
-                                      separate_axis=axis,
-                                      separate_axis_order=config.resampling.separate_axis_order)
+    for c in range(member.num_classes):
+        out[(c,) + inside] = member.crop_class(c)
     return out
+
+
+@dataclass
+class ExportedCase:
+    """What :func:`export_case` returns; the probabilities only when asked for in memory."""
+
+    segmentation: np.ndarray  # (Z0, Y0, X0) label values (before postprocessing)
+    probabilities: np.ndarray | None = None  # (K, Z0, Y0, X0) float32, only with keep_probabilities
+    entropy: np.ndarray | None = None  # (Z0, Y0, X0) float32 nats, only with entropy
+
+
+def _union_box(members: Sequence[ExportMember]) -> tuple[tuple[int, int], ...]:
+    return tuple((min(m.box[a][0] for m in members), max(m.box[a][1] for m in members)) for a in range(3))
+
+
+def mean_classes(members: Sequence[ExportMember]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(c, class c averaged over the members)`` for every class, on the union of their crop boxes.
+
+    Outside a member's crop box its probabilities are background's (1 for class 0, else 0), as in
+    :func:`to_original_geometry`, and the sum runs in the order and precision of
+    :func:`autoseg.postprocessing.ensemble.average_probabilities`, so each value is bit for bit the
+    one the whole-array path gives. Only the running sum and one member's class exist at once.
+    """
+    union = _union_box(members)
+    ushape = tuple(hi - lo for lo, hi in union)
+    n = len(members)
+    for c in range(members[0].num_classes):
+        background = 1.0 if c == 0 else 0.0
+        total = None
+        for m in members:
+            vol = m.crop_class(c)
+            if m.box != union:
+                part = np.full(ushape, background, dtype=np.float32)
+                part[tuple(slice(lo - u, hi - u) for (lo, hi), (u, _) in zip(m.box, union))] = vol
+                vol = part
+            if total is None:
+                # summed into below: never into the caller's own array
+                total = vol.copy() if n > 1 and np.may_share_memory(vol, m.probabilities) else vol
+            else:
+                total += vol
+        if n > 1:
+            total /= n
+        yield c, total
+
+
+def export_case(
+    members: Sequence[ExportMember],
+    label_values: Sequence[int],
+    probabilities_file: str | os.PathLike | None = None,
+    keep_probabilities: bool = False,
+    entropy: bool = False,
+    progress: bool | None = None,
+) -> ExportedCase:
+    """The members' probabilities averaged in the original grid, as a label map, one class at a time.
+
+    Memory: one class of the union of the crop boxes (float32, plus the resampling's
+    temporaries), the running maximum (float32) and the winning index (uint8, uint16 above 256
+    classes), then the label map; never a ``(K, Z0, Y0, X0)`` array unless ``keep_probabilities``.
+    The label map equals the argmax of the whole averaged array (ties: lowest class index).
+    ``probabilities_file``: the averaged probabilities written there as float16 ``(K, Z0, Y0, X0)``
+    ``.npy``, class by class, atomically. ``entropy``: also the per-voxel entropy (nats, float32),
+    accumulated class by class. ``progress``: a bar over the classes (default: with 32 or more).
+    """
+    from tqdm import tqdm
+
+    if not members:
+        raise ValueError("nothing to export")
+    k = members[0].num_classes
+    shape = members[0].original_shape
+    for m in members[1:]:
+        if m.num_classes != k or m.original_shape != shape:
+            raise ValueError(f"ensemble members disagree: {k} classes on {shape} vs {m.num_classes} "
+                             f"on {m.original_shape}")
+    if k != len(label_values):
+        raise ValueError(f"{k} classes but {len(label_values)} label values")
+    union = tuple(slice(lo, hi) for lo, hi in _union_box(members))
+    ushape = tuple(s.stop - s.start for s in union)
+    argmax = RunningArgmax(ushape, k)
+    ent = torch.zeros(ushape, dtype=torch.float32) if entropy else None
+    kept = None
+    if keep_probabilities:
+        kept = np.zeros((k,) + shape, dtype=np.float32)
+        kept[0] = 1.0  # outside every crop box: background
+    writer = ClassFileWriter(probabilities_file, k, shape) if probabilities_file is not None else None
+    with writer if writer is not None else contextlib.nullcontext():
+        classes = mean_classes(members)
+        if progress or (progress is None and k >= 32):
+            classes = tqdm(classes, total=k, desc="export classes", leave=False, disable=None)
+        for c, mean in classes:
+            argmax.update(mean)
+            if ent is not None:
+                p = torch.from_numpy(mean)
+                ent -= torch.xlogy(p, p)  # outside the boxes p is 0 or 1: no entropy
+            if writer is not None:
+                writer.write_box(mean, union, 1.0 if c == 0 else 0.0)
+            if kept is not None:
+                kept[(c,) + union] = mean
+            del mean
+    # outside the union of the crop boxes class 0 has probability 1: it wins, and there is no entropy
+    whole = ushape == shape
+    segmentation = argmax.labels(label_values)
+    del argmax
+    if not whole:
+        labels, segmentation = segmentation, np.full(shape, label_values[0], dtype=segmentation.dtype)
+        segmentation[union] = labels
+        del labels
+    entropy_map_ = None
+    if ent is not None:
+        entropy_map_ = ent.clamp_(min=0).numpy()
+        if not whole:
+            inner, entropy_map_ = entropy_map_, np.zeros(shape, dtype=np.float32)
+            entropy_map_[union] = inner
+    return ExportedCase(segmentation, kept, entropy_map_)
 
 
 def entropy_map(probabilities: np.ndarray | torch.Tensor) -> np.ndarray:

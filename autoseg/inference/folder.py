@@ -61,11 +61,26 @@ def entropy_name(case: InputCase) -> str:
 def write_case_outputs(output_folder: Path, case_id: str, ending: str, prediction: CasePrediction, geometry: Geometry,
                        save_probabilities: bool = False, entropy_file: str | None = None) -> Path:
     """``CASE_probabilities.npy`` (float16, class index order), the entropy map, then ``CASE<ending>``
-    (last: it marks the case done); returns the segmentation's path."""
+    (last: it marks the case done); returns the segmentation's path.
+
+    The probabilities file is the one :func:`~autoseg.inference.predictor.finish` wrote class by
+    class when given this path, else it is saved from the prediction's in-memory probabilities;
+    the entropy map is the prediction's own, else computed from those.
+    """
     if save_probabilities:
-        save_npy(output_folder / f"{case_id}{PROBABILITIES_SUFFIX}", prediction.probabilities.astype(np.float16))
+        target = output_folder / f"{case_id}{PROBABILITIES_SUFFIX}"
+        if prediction.probabilities_file is None or Path(prediction.probabilities_file) != target:
+            if prediction.probabilities is None:
+                raise ValueError(f"{case_id}: no probabilities to save; call finish(..., probabilities={target})")
+            save_npy(target, prediction.probabilities.astype(np.float16))
     if entropy_file:
-        write_prediction(entropy_map(prediction.probabilities), geometry, output_folder / entropy_file)
+        if prediction.entropy is not None:
+            entropy = prediction.entropy
+        elif prediction.probabilities is not None:
+            entropy = entropy_map(prediction.probabilities)
+        else:
+            raise ValueError(f"{case_id}: no entropy map; call finish(..., entropy=True)")
+        write_prediction(entropy, geometry, output_folder / entropy_file)
     seg_file = output_folder / f"{case_id}{ending}"
     write_prediction(prediction.segmentation, geometry, seg_file)
     return seg_file
@@ -150,7 +165,8 @@ def predict_folder(
         if refined is not None:
             refinement.write(first, case, geometry, inferred, refined[1], output_folder)
             inferred = refined[0]
-        prediction = finish(predictors, inferred, postprocessing)
+        prediction = finish(predictors, inferred, postprocessing, entropy=uncertainty, probabilities=(
+            output_folder / f"{case.case_id}{PROBABILITIES_SUFFIX}" if save_probabilities else False))
         write_case_outputs(output_folder, case.case_id, case.ending, prediction, geometry, save_probabilities,
                            entropy_name(case) if uncertainty else None)
         volumes[case.case_id] = label_volumes_ml(prediction.segmentation, geometry.spacing, label_values)

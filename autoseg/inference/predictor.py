@@ -9,8 +9,10 @@ across cases:
 
 1. :func:`prepare`: each predictor preprocesses the image as its plans say;
 2. :func:`infer`: each predictor's folds share one sliding-window pass over the tiles;
-3. :func:`finish`: probabilities go back to the image's grid, are averaged over the
-   predictors, and become label values (plus the chosen postprocessing).
+3. :func:`finish`: probabilities go back to the image's grid one class at a time, are averaged
+   over the predictors, and become label values (plus the chosen postprocessing). The
+   original-grid probabilities exist only where a caller asks for them: written class by class
+   to a file, or (the Python API) kept in memory.
 """
 from __future__ import annotations
 
@@ -28,11 +30,10 @@ from autoseg.atomic import read_json
 from autoseg.dataset.imageio import Geometry
 from autoseg.device import resolve_device, resolve_precision
 from autoseg.errors import UserError
-from autoseg.inference.export import to_original_geometry
+from autoseg.inference.export import ExportMember, export_case, to_original_geometry
 from autoseg.inference.sliding_window import predict_sliding_window
 from autoseg.networks import build_network
 from autoseg.planners.plans import Plans
-from autoseg.postprocessing.ensemble import average_probabilities, segmentation_from_probabilities
 
 CHECKPOINTS = ("final", "best", "latest")
 
@@ -49,11 +50,14 @@ class Predictor:
 
     ``precision``: auto, fp32, bf16 or fp16 (auto = bf16 where the hardware runs it natively).
     ``mirror_axes``: the network axes test-time augmentation flips; None: the plan's.
+    ``scratch_dir``: where a sliding-window accumulator too large for memory goes (a temporary
+    file; default the system's temporary folder), see :mod:`autoseg.inference.sliding_window`.
     """
 
     def __init__(self, plans: Plans, configuration: str, networks: Sequence[nn.Module], *,
                  device: str | torch.device = "auto", tta: bool = True, overlap: float = 0.5,
-                 precision: str = "auto", mirror_axes: Sequence[int] | None = None) -> None:
+                 precision: str = "auto", mirror_axes: Sequence[int] | None = None,
+                 scratch_dir: str | os.PathLike | None = None) -> None:
         if not 0 <= overlap < 1:
             raise UserError(f"overlap {overlap} must be in [0, 1)")
         self.plans = plans
@@ -63,6 +67,7 @@ class Predictor:
         self.tta = tta
         self.mirror_axes = list(mirror_axes) if mirror_axes is not None else self.config.mirror_axes
         self.overlap = overlap
+        self.scratch_dir = scratch_dir
         self.autocast_dtype, _ = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
@@ -73,7 +78,7 @@ class Predictor:
     @classmethod
     def from_model_folder(cls, model_folder: str | os.PathLike, folds: Iterable[int | str] | str = (0, 1, 2, 3, 4),
                           checkpoint: str = "final", device: str = "auto", tta: bool = True, overlap: float = 0.5,
-                          precision: str = "auto") -> "Predictor":
+                          precision: str = "auto", scratch_dir: str | os.PathLike | None = None) -> "Predictor":
         """``model_folder`` is ``<workspace>/<dataset>/results/<trainer>__<configuration>`` with
         ``plans.json`` (the plans as trained) and ``fold_<k>/checkpoint_<checkpoint>.pt``."""
         from autoseg.checkpoint import load_checkpoint
@@ -120,7 +125,7 @@ class Predictor:
                 mirror_axes = trained if mirror_axes is None else mirror_axes & trained
             del state
         predictor = cls(plans, configuration, networks, device=device, tta=tta, overlap=overlap, precision=precision,
-                        mirror_axes=sorted(mirror_axes) if mirror_axes is not None else None)
+                        mirror_axes=sorted(mirror_axes) if mirror_axes is not None else None, scratch_dir=scratch_dir)
         predictor.model_folder = model_folder
         predictor.folds = names
         return predictor
@@ -142,19 +147,27 @@ class Predictor:
         return data, properties
 
     def predict_preprocessed(self, data: np.ndarray) -> torch.Tensor:
-        """``(K, z, y, x)`` probabilities on the preprocessed grid, folds averaged."""
+        """``(K, z, y, x)`` probabilities on the preprocessed grid, folds averaged (float32, or
+        float16 for a large case: see :mod:`autoseg.inference.sliding_window`)."""
         return predict_sliding_window(self.networks, data, self.config.inference_patch, self.config.dim,
                                       self.plans.num_classes, overlap=self.overlap, tta=self.tta,
                                       mirror_axes=self.mirror_axes,
-                                      device=self.device, autocast_dtype=self.autocast_dtype)
+                                      device=self.device, autocast_dtype=self.autocast_dtype,
+                                      scratch_dir=self.scratch_dir)
 
     def export(self, probabilities: torch.Tensor | np.ndarray, properties: dict[str, Any]) -> np.ndarray:
-        """Preprocessed-grid probabilities -> ``(K, Z0, Y0, X0)`` float32 in the image's own grid."""
+        """Preprocessed-grid probabilities -> ``(K, Z0, Y0, X0)`` float32 in the image's own grid
+        (the whole array; :func:`finish` streams the classes instead)."""
         return to_original_geometry(probabilities, properties, self.plans, self.config)
 
+    def export_member(self, probabilities: torch.Tensor | np.ndarray, properties: dict[str, Any]) -> ExportMember:
+        """This predictor's share of a case for :func:`autoseg.inference.export.export_case`."""
+        return ExportMember(probabilities, properties, self.config)
+
     def predict_probabilities(self, image: np.ndarray, geometry: Geometry) -> np.ndarray:
-        """``(K, Z0, Y0, X0)`` float32 probabilities in the image's own grid."""
-        return predict_case([self], image, geometry).probabilities
+        """``(K, Z0, Y0, X0)`` float32 probabilities in the image's own grid: ``K`` image-sized
+        float32 volumes in memory (:func:`predict_case` without ``probabilities`` avoids them)."""
+        return predict_case([self], image, geometry, probabilities=True).probabilities
 
 
 # ------------------------------------------------------------------ the case path
@@ -162,8 +175,14 @@ class Predictor:
 
 @dataclass
 class CasePrediction:
-    probabilities: np.ndarray  # (K, Z0, Y0, X0) float32 in the image's grid, averaged over the predictors
+    """One case's result. ``probabilities`` and ``entropy`` exist only when :func:`finish` was asked
+    for them (they cost ``K`` and one image-sized float32 volumes); a probabilities file written by
+    :func:`finish` is named by ``probabilities_file``."""
+
+    probabilities: np.ndarray | None  # (K, Z0, Y0, X0) float32 in the image's grid, averaged over the predictors
     segmentation: np.ndarray  # (Z0, Y0, X0) label values, postprocessed
+    entropy: np.ndarray | None = None  # (Z0, Y0, X0) float32 nats of the averaged probabilities
+    probabilities_file: Path | None = None  # float16 (K, Z0, Y0, X0) .npy, complete
 
 
 Prepared = list[tuple[np.ndarray, dict[str, Any]]]  # per predictor: preprocessed data, properties
@@ -186,23 +205,37 @@ def prepare(predictors: Sequence[Predictor], image: np.ndarray, geometry: Geomet
 
 
 def infer(predictors: Sequence[Predictor], prepared: Prepared) -> Inferred:
-    # float16 while waiting for export: a large CT never holds two float32 (K, Z, Y, X) volumes at once
+    # float16 while waiting for export (a large case is accumulated in float16 already: no copy)
     return [(p.predict_preprocessed(data).to(torch.float16), props) for p, (data, props) in zip(predictors, prepared)]
 
 
-def finish(predictors: Sequence[Predictor], inferred: Inferred, postprocessing: dict | None = None) -> CasePrediction:
-    probabilities = average_probabilities(p.export(probs, props) for p, (probs, props) in zip(predictors, inferred))
-    label_values = predictors[0].label_values
-    seg = segmentation_from_probabilities(probabilities, label_values)
+def finish(predictors: Sequence[Predictor], inferred: Inferred, postprocessing: dict | None = None, *,
+           probabilities: bool | str | os.PathLike = False, entropy: bool = False) -> CasePrediction:
+    """Export to the image's grid class by class, average over the predictors, argmax, postprocess.
+
+    ``probabilities``: False (default) builds no original-grid probabilities at all; a path
+    writes them there as float16 ``(K, Z0, Y0, X0)`` ``.npy``, one class at a time and atomically
+    (``autoseg predict --save-probabilities``, fold validation); True keeps them in memory as
+    float32 (``K`` image-sized volumes: the Python API's ``return_probabilities``).
+    ``entropy``: also the per-voxel entropy of the averaged probabilities (one volume).
+    """
+    file = None if isinstance(probabilities, bool) else Path(probabilities)
+    exported = export_case([p.export_member(probs, props) for p, (probs, props) in zip(predictors, inferred)],
+                           predictors[0].label_values, probabilities_file=file,
+                           keep_probabilities=probabilities is True, entropy=entropy)
+    seg = exported.segmentation
     if postprocessing:
         from autoseg.postprocessing.connected_components import apply_postprocessing
 
-        seg = apply_postprocessing(seg, postprocessing, label_values)
-    return CasePrediction(probabilities, seg)
+        seg = apply_postprocessing(seg, postprocessing, predictors[0].label_values)
+    return CasePrediction(exported.probabilities, seg, exported.entropy, file)
 
 
 def predict_case(predictors: Sequence[Predictor], image: np.ndarray, geometry: Geometry, case_id: str = "",
-                 postprocessing: dict | None = None) -> CasePrediction:
-    """One image ``(C, Z, Y, X)`` through every step, averaged over ``predictors`` (an ensemble)."""
+                 postprocessing: dict | None = None, *, probabilities: bool | str | os.PathLike = False,
+                 entropy: bool = False) -> CasePrediction:
+    """One image ``(C, Z, Y, X)`` through every step, averaged over ``predictors`` (an ensemble);
+    ``probabilities`` and ``entropy`` as in :func:`finish`."""
     check_ensemble(predictors)
-    return finish(predictors, infer(predictors, prepare(predictors, image, geometry, case_id)), postprocessing)
+    return finish(predictors, infer(predictors, prepare(predictors, image, geometry, case_id)), postprocessing,
+                  probabilities=probabilities, entropy=entropy)

@@ -2,8 +2,21 @@
 
 The image is covered by overlapping patches (tiles); each tile's softmax is weighted by a
 gaussian that trusts the patch centre more than its border, and the weighted sums are
-divided by the summed weights. Memory stays at one float32 ``(K, Z, Y, X)`` accumulator
-plus one ``(Z, Y, X)`` weight map shared by all classes, whatever the number of folds.
+divided by the summed weights. Memory stays at one ``(K, Z, Y, X)`` accumulator plus one
+float32 ``(Z, Y, X)`` weight map shared by all classes, whatever the number of folds.
+
+The accumulator is float32 while it is at most :data:`FLOAT16_ACCUMULATOR_BYTES` in float32
+(results unchanged for ordinary cases), else float16, half the memory: a whole-body CT with
+hundreds of classes. A float16 sum of gaussian-weighted probabilities would lose the tile
+corners (a large patch's corner weights, 1e-10 and less, are below float16's smallest number),
+so the float16 accumulator holds the running weighted *mean* instead, always in [0, 1]: each
+tile moves it towards the tile's probabilities by ``weight / summed weight``, in float32.
+Beyond :func:`disk_threshold` (half the machine's memory by default) a float16 accumulator in
+main memory is a memory-mapped temporary file instead (``scratch_dir``), which the system can
+write out rather than run out of memory.
+With hundreds of classes one forward pass's logits (tiles x mirrorings x classes x patch) would
+take gigabytes too: beyond :data:`TILE_OUTPUT_BYTES` the default tile batch shrinks and a tile's
+mirrored copies go through the network in several passes.
 
 Speed: the mirrored copies of a tile (test-time augmentation) go through the network as
 one batch instead of one by one, several networks (folds) share one pass over the tiles,
@@ -14,11 +27,47 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
+import tempfile
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+# float32 accumulator bytes above which the accumulator is float16 (a module setting; tests lower it)
+FLOAT16_ACCUMULATOR_BYTES = 1 << 30
+# float16 accumulator bytes above which it is a memory-mapped temporary file; None: half the memory
+DISK_ACCUMULATOR_BYTES: int | None = None
+# float32 bytes of the network output of one forward pass beyond which the default tile batch
+# shrinks and then the mirrored copies of a tile take several passes (many classes, large patches)
+TILE_OUTPUT_BYTES = 2 << 30
+
+
+def disk_threshold() -> int:
+    """Accumulator bytes beyond which it goes to a temporary file (:data:`DISK_ACCUMULATOR_BYTES`)."""
+    if DISK_ACCUMULATOR_BYTES is not None:
+        return int(DISK_ACCUMULATOR_BYTES)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): never
+        return 1 << 62
+
+
+def accumulator_dtype(num_classes: int, shape: Sequence[int]) -> torch.dtype:
+    """float32, or float16 when a float32 ``(K, *shape)`` would exceed :data:`FLOAT16_ACCUMULATOR_BYTES`."""
+    size = int(num_classes) * math.prod(int(s) for s in shape)
+    return torch.float16 if size * 4 > FLOAT16_ACCUMULATOR_BYTES else torch.float32
+
+
+def _disk_accumulator(shape: tuple[int, ...], scratch_dir: str | os.PathLike | None) -> torch.Tensor:
+    """A zeroed float16 tensor backed by an already unlinked temporary file: removed with the tensor."""
+    if scratch_dir is not None:
+        os.makedirs(scratch_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=scratch_dir, prefix="autoseg-accumulator-") as f:
+        # the mapping keeps the file's space until the tensor is freed; the file reads as zeros
+        array = np.memmap(f, dtype=np.float16, mode="w+", shape=shape)
+    return torch.from_numpy(array)
 
 
 @functools.lru_cache(maxsize=16)
@@ -58,22 +107,38 @@ def mirror_combinations(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def _forward_mirrored(network: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
-    """Logits of ``x`` averaged over mirrored copies, all copies in one forward pass."""
+def _forward_mirrored(network: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]],
+                      flips_per_pass: int | None = None) -> torch.Tensor:
+    """Logits of ``x`` averaged over mirrored copies, ``flips_per_pass`` copies per forward pass
+    (default all in one)."""
     b = x.shape[0]
-    batch = torch.cat([x.flip(f) if f else x for f in flips]) if len(flips) > 1 else x
-    out = network(batch)
-    if isinstance(out, (list, tuple)):  # deep supervision left on: the full resolution comes first
-        out = out[0]
-    out = out.float()
-    if len(flips) == 1:
-        return out
+    group = len(flips) if flips_per_pass is None else max(1, int(flips_per_pass))
     total = None
-    for i, f in enumerate(flips):
-        part = out[i * b:(i + 1) * b]
-        part = part.flip(f) if f else part
-        total = part if total is None else total + part
-    return total / len(flips)
+    for g0 in range(0, len(flips), group):
+        chunk = flips[g0:g0 + group]
+        batch = torch.cat([x.flip(f) if f else x for f in chunk]) if len(chunk) > 1 else (
+            x.flip(chunk[0]) if chunk[0] else x)
+        out = network(batch)
+        if isinstance(out, (list, tuple)):  # deep supervision left on: the full resolution comes first
+            out = out[0]
+        out = out.float()
+        if len(flips) == 1:
+            return out
+        for i, f in enumerate(chunk):
+            part = out[i * b:(i + 1) * b]
+            part = part.flip(f) if f else part
+            if total is None:
+                total = part.clone()  # summed into below; frees this pass's output
+            else:
+                total += part
+        del out
+    total /= len(flips)
+    return total
+
+
+def _output_bytes(batch: int, num_classes: int, patch: Sequence[int]) -> int:
+    """Bytes of a float32 network output of ``batch`` patches."""
+    return int(batch) * int(num_classes) * math.prod(int(p) for p in patch) * 4
 
 
 def predict_sliding_window(
@@ -89,8 +154,13 @@ def predict_sliding_window(
     autocast_dtype: torch.dtype | None = None,
     mirror_axes: Sequence[int] | None = None,
     progress: bool = False,
+    scratch_dir: str | os.PathLike | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities ``(K, Z, Y, X)`` float32 (on CPU) for a preprocessed ``(C, Z, Y, X)`` case.
+    """Softmax probabilities ``(K, Z, Y, X)`` (on CPU) for a preprocessed ``(C, Z, Y, X)`` case.
+
+    float32, or float16 for a case whose float32 accumulator would exceed
+    :data:`FLOAT16_ACCUMULATOR_BYTES` (then memory-mapped from a temporary file in ``scratch_dir``
+    beyond :func:`disk_threshold`).
 
     ``network`` may be a list (e.g. the folds of one configuration): their per-tile
     probabilities are averaged in one pass. ``dim == 2`` predicts slice by slice with
@@ -111,7 +181,7 @@ def predict_sliding_window(
     # 2D networks see one slice at a time: a 1-voxel "patch" along z.
     full_patch = [1] + patch_size if dim == 2 else patch_size
 
-    # Pad (centred) where the image is smaller than the patch; cropped off again at the end.
+    # Pad (centred) where the image is smaller than the patch; tiles are cut back to the image below.
     pads = [max(0, p - s) for p, s in zip(full_patch, spatial)]
     if any(pads):
         before = [p // 2 for p in pads]
@@ -123,26 +193,45 @@ def predict_sliding_window(
         before = [0, 0, 0]
     padded = tuple(x.shape[1:])
 
+    spatial_net_axes = list(range(2, 2 + dim))
+    if mirror_axes is not None:
+        spatial_net_axes = [2 + a for a in mirror_axes]
+    flips = mirror_combinations(spatial_net_axes) if tta else [()]
     if tile_batch_size is None:
         # CPU convolutions gain little from big batches; mirrored copies already give 4-8.
         tile_batch_size = (1 if dim == 3 else 4) if tta else (4 if dim == 3 else 16)
         if device.type == "cuda":
             tile_batch_size *= 4
-    spatial_net_axes = list(range(2, 2 + dim))
-    if mirror_axes is not None:
-        spatial_net_axes = [2 + a for a in mirror_axes]
-    flips = mirror_combinations(spatial_net_axes) if tta else [()]
+        # with hundreds of classes one pass's logits alone would take gigabytes: fewer tiles per pass
+        while tile_batch_size > 1 and _output_bytes(tile_batch_size * len(flips), num_classes,
+                                                    patch_size) > TILE_OUTPUT_BYTES:
+            tile_batch_size //= 2
+    # and if one tile's mirrored copies are still too many, they take several passes
+    per_copy = _output_bytes(tile_batch_size, num_classes, patch_size)
+    flips_per_pass = None if per_copy * len(flips) <= TILE_OUTPUT_BYTES else max(1, TILE_OUTPUT_BYTES // per_copy)
 
     gauss = gaussian_importance_map(patch_size).to(device)
     gauss_z = gauss[None] if dim == 2 else gauss  # (1, py, px) for 2D, as placed in (Z, Y, X)
 
-    try:
-        acc = torch.zeros((num_classes,) + padded, dtype=torch.float32, device=device)
-        weight = torch.zeros(padded, dtype=torch.float32, device=device)
-    except torch.OutOfMemoryError:
-        # A whole large volume may not fit beside the network on a GPU: accumulate on CPU.
-        acc = torch.zeros((num_classes,) + padded, dtype=torch.float32)
-        weight = torch.zeros(padded, dtype=torch.float32)
+    # Accumulated on the image's own extent: tiles reaching into the padding are cut, so no
+    # second (K, Z, Y, X) array is needed to crop the padding off at the end.
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+    dtype = accumulator_dtype(num_classes, spatial)
+    running_mean = dtype == torch.float16
+    acc = weight = None
+    if device.type != "cpu":
+        try:
+            acc = torch.zeros((num_classes,) + spatial, dtype=dtype, device=device)
+            weight = torch.zeros(spatial, dtype=torch.float32, device=device)
+        except torch.OutOfMemoryError:
+            # A whole large volume may not fit beside the network on a GPU: accumulate on CPU.
+            acc = weight = None
+    if acc is None:
+        if running_mean and num_classes * math.prod(spatial) * 2 > disk_threshold():
+            acc = _disk_accumulator((num_classes,) + spatial, scratch_dir)
+        else:
+            acc = torch.zeros((num_classes,) + spatial, dtype=dtype)
+        weight = torch.zeros(spatial, dtype=torch.float32)
     acc_device = acc.device
     x_dev = x.to(device) if device.type != "cpu" else x
     # 2.5D networks (attribute context_slices = K) see each slice with its K // 2 neighbours either
@@ -181,21 +270,48 @@ def predict_sliding_window(
                     inp = inp[:, :, 0]
             probs = None
             for n in networks:
-                logits = _forward_mirrored(n, inp, flips)
-                p = torch.softmax(logits, dim=1)
-                probs = p if probs is None else probs + p
+                # the logits go as soon as their softmax exists; folds summed in place
+                p = torch.softmax(_forward_mirrored(n, inp, flips, flips_per_pass), dim=1)
+                if probs is None:
+                    probs = p
+                else:
+                    probs += p
+                del p
             if len(networks) > 1:
                 probs /= len(networks)
             if dim == 2:
                 probs = probs[:, :, None]
-            probs = (probs * gauss_z).to(acc_device)
-            for t, p in zip(chunk, probs):
-                acc[(slice(None),) + t] += p
-                weight[t] += gauss_acc
+            if running_mean:
+                probs = probs.to(acc_device)
+                for t, p in zip(chunk, probs):
+                    dst, src = _clip_tile(t, crop)
+                    g = gauss_acc[src]
+                    w = weight[dst] + g
+                    target = (slice(None),) + dst
+                    mean = acc[target].float()
+                    step = p[(slice(None),) + src] - mean
+                    step *= g / w
+                    mean += step
+                    acc[target] = mean  # cast into the float16 accumulator
+                    weight[dst] = w
+            else:
+                probs = probs.mul_(gauss_z).to(acc_device)
+                for t, p in zip(chunk, probs):
+                    dst, src = _clip_tile(t, crop)
+                    acc[(slice(None),) + dst] += p[(slice(None),) + src]
+                    weight[dst] += gauss_acc[src]
 
-    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
-    acc = acc[(slice(None),) + crop]
-    weight = weight[crop]
-    acc /= weight  # in place: no second (K, Z, Y, X) array
-    acc = acc.cpu()
-    return acc.contiguous() if not acc.is_contiguous() else acc
+    if not running_mean:
+        acc /= weight  # in place, the weight broadcast over the classes: no second (K, Z, Y, X) array
+    del weight
+    return acc.cpu()
+
+
+def _clip_tile(tile: tuple[slice, ...], crop: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of a tile (in padded coordinates) inside the image: (where in the image, where in the tile)."""
+    dst, src = [], []
+    for t, c in zip(tile, crop):
+        lo, hi = max(t.start, c.start), min(t.stop, c.stop)
+        dst.append(slice(lo - c.start, hi - c.start))
+        src.append(slice(lo - t.start, hi - t.start))
+    return tuple(dst), tuple(src)

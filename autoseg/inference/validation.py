@@ -15,6 +15,7 @@ from autoseg.atomic import read_json, remove_partials, write_json
 from autoseg.dataset.imageio import Geometry
 from autoseg.inference.folder import write_case_outputs
 from autoseg.inference.predictor import Predictor, finish, infer
+from autoseg.postprocessing.ensemble import PROBABILITIES_SUFFIX
 from autoseg.preprocessing.preprocessed import PreprocessedFolder
 from autoseg.workspace import DatasetWorkspace
 
@@ -45,7 +46,9 @@ def validate_fold(predictor: Predictor, ws: DatasetWorkspace, preprocessed: Prep
     per_case = []
     for cid in tqdm(case_ids, desc="validation", dynamic_ncols=True, disable=None):
         props = preprocessed.load_properties(cid)
-        prediction = finish([predictor], infer([predictor], [(preprocessed.load_data(cid), props)]))
+        # the probabilities go to their file class by class during export, never whole into memory
+        prediction = finish([predictor], infer([predictor], [(preprocessed.load_data(cid), props)]),
+                            probabilities=out_dir / f"{cid}{PROBABILITIES_SUFFIX}")
         pred_file = write_case_outputs(out_dir, cid, ending, prediction, Geometry.from_dict(props["geometry"]),
                                        save_probabilities=True)
         ref = label_files.get(cid)

@@ -33,8 +33,8 @@ from autoseg.atomic import read_json
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.postprocessing.connected_components import keep_largest_component
-from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, average_probabilities, find_label_values,
-                                             segmentation_from_probabilities)
+from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, find_label_values,
+                                             segmentation_from_probability_files)
 from autoseg.postprocessing.report import write_case_previews, write_report
 from autoseg.postprocessing.selection import (DEFAULT_FOLDS, RANK_KEYS, Candidate, ModelRef, Selected,
                                               Selection)
@@ -138,8 +138,8 @@ def _candidate_segmentation(members: Sequence[Member], case: str) -> np.ndarray:
 
     if len(members) == 1:
         return read_label(members[0].segmentations[case])[0]
-    mean = average_probabilities([np.load(m.probabilities[case]) for m in members])
-    return segmentation_from_probabilities(mean, members[0].label_values)
+    # class by class from the members' files: never every member's (K, Z, Y, X) array at once
+    return segmentation_from_probability_files([m.probabilities[case] for m in members], members[0].label_values)
 
 
 class PostprocessingScores:

@@ -151,8 +151,7 @@ def _prediction(ws: "DatasetWorkspace", models: list[ModelRef], case: str, fold:
     """The candidate's validation segmentation: the model's file, or the ensemble's average of its
     members' probabilities (as find-best scored it)."""
     from autoseg.dataset.imageio import read_label
-    from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, average_probabilities,
-                                                 segmentation_from_probabilities)
+    from autoseg.postprocessing.ensemble import PROBABILITIES_SUFFIX, segmentation_from_probability_files
 
     if len(models) == 1:
         return read_label(seg_file)[0]
@@ -163,7 +162,7 @@ def _prediction(ws: "DatasetWorkspace", models: list[ModelRef], case: str, fold:
     for f in files:
         if not f.is_file():
             raise UserError(f"{f}: missing; the ensemble's prediction of {case} cannot be drawn")
-    return segmentation_from_probabilities(average_probabilities(np.load(f) for f in files), label_values)
+    return segmentation_from_probability_files(files, label_values)
 
 
 def write_case_previews(ws: "DatasetWorkspace", selection: Selection, folder: str | os.PathLike,

@@ -48,7 +48,7 @@ def test_api_follows_the_selection_and_caches_its_models(setup):
         assert len(api._CACHE) == 1 and next(iter(api._CACHE.values())) is cached  # loaded once
         # the same case path as everything else, with the selection's postprocessing
         predictor = Predictor.from_model_folder(model, folds=(0, 1), device="cpu", tta=False, precision="fp32")
-        expected = predict_case([predictor], image.astype(np.float32), geometry, postprocessing=post)
+        expected = predict_case([predictor], image.astype(np.float32), geometry, postprocessing=post, probabilities=True)
         np.testing.assert_array_equal(seg, expected.segmentation)
         np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
         raw_seg = autoseg.predict(image, postprocessing=False, **kw)
