@@ -56,8 +56,50 @@ def register(subparsers) -> None:
                         "volumes go to volumes_partKofN.csv (documentation/distributed.md)")
     p.add_argument("--num-parts", type=int, default=None, metavar="N",
                    help="number of parts INPUT is split into (see --part)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write previews/CASE.png: axial, coronal and sagittal slices through the structures with "
+                        "the labels drawn over the image (documentation/evaluation.md, \"Pictures\")")
+    p.add_argument("--meshes", nargs="?", const="stl", default=None, choices=("stl", "vtk", "obj"),
+                   help="also write meshes/CASE_<value>_<name>.<stl|vtk|obj>: one surface per label in the image's "
+                        "physical (LPS) coordinates, so it overlays the image in 3D Slicer (documentation/meshes.md)")
+    p.add_argument("--mesh-smooth", type=float, default=0.0, metavar="SIGMA_MM",
+                   help="with --meshes: Gaussian smoothing of each label before its surface, sigma in mm (default 0)")
+    p.add_argument("--mesh-decimate", type=float, default=0.0, metavar="FRACTION",
+                   help="with --meshes: fraction of triangles to remove (needs pip install 'autoseg[meshes]')")
+    p.add_argument("--structure-stats", action="store_true",
+                   help="also write structures.csv and structures.json beside volumes.csv: per label its volume, "
+                        "surface area, intensity mean/std (HU for CT), connected components, bounding box in mm")
+    p.add_argument("--output-format", choices=("input", "dicom-seg"), default="input",
+                   help="input: label maps in the input's format (NIfTI for DICOM input); dicom-seg: also "
+                        "CASE.seg.dcm, a DICOM Segmentation referencing the source series (DICOM input; "
+                        "pip install 'autoseg[dicom]'; documentation/dicom.md)")
+    p.add_argument("--dicom-identifiers", choices=("series", "patient"), default="series",
+                   help="output names of DICOM series: series = {SeriesNumber}_{SeriesDescription}_{uid hash} "
+                        "(default: no patient identifiers in file names); patient = "
+                        "{PatientID}_{StudyDate}_{SeriesNumber}_{SeriesDescription}")
     p.add_argument("--workspace", default=None, help="workspace folder (default $AUTOSEG_HOME or ~/autoseg_workspace)")
     p.set_defaults(func=run)
+
+
+def _case_outputs(predictors, args: argparse.Namespace) -> list:
+    """The extra per-case outputs the options ask for, checked before any model runs."""
+    from autoseg.errors import UserError
+    from autoseg.inference.case_outputs import DicomSegOutput, MeshOutput, PreviewOutput, StructureStatsOutput
+
+    plans = predictors[0].plans
+    if args.meshes is None and (args.mesh_smooth or args.mesh_decimate):
+        raise UserError("--mesh-smooth and --mesh-decimate go with --meshes")
+    outputs: list = []
+    if args.preview:
+        outputs.append(PreviewOutput(plans))
+    if args.meshes is not None:
+        outputs.append(MeshOutput(plans, args.meshes, args.mesh_smooth, args.mesh_decimate))
+    if args.structure_stats:
+        outputs.append(StructureStatsOutput(plans))
+    if args.output_format == "dicom-seg":
+        names = " + ".join(p.model_folder.name for p in predictors if p.model_folder is not None)
+        outputs.append(DicomSegOutput(plans, names or "autoseg"))
+    return outputs
 
 
 def _atlas_refinement(predictors, folds: list[str], args: argparse.Namespace):
@@ -89,7 +131,8 @@ def _input_part(args: argparse.Namespace) -> FolderPart | None:
     return FolderPart(args.input, args.part, args.num_parts)
 
 
-def _write_part_volumes(predictors: list[Predictor], part: FolderPart, output_folder: Path) -> Path:
+def _write_part_volumes(predictors: list[Predictor], part: FolderPart, output_folder: Path,
+                        dicom_identifiers: str = "series") -> Path:
     """The part's volume table, from its cases' segmentations (those predicted now and those kept)."""
     from autoseg.dataset.imageio import read_label
     from autoseg.inference.cases import find_input_cases
@@ -98,7 +141,7 @@ def _write_part_volumes(predictors: list[Predictor], part: FolderPart, output_fo
 
     first = predictors[0]
     rows = []
-    for case in find_input_cases(part, first.num_channels):
+    for case in find_input_cases(part, first.num_channels, dicom_identifiers):
         seg, geometry = read_label(output_folder / output_name(case))
         rows.append((case.case_id, label_volumes_ml(seg, geometry.spacing, first.label_values)))
     path = output_folder / part.volumes_name
@@ -140,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
     source = args.input if part is None else part
     done = predict_folder(predictors, source, args.output, save_probabilities=args.save_probabilities,
                           uncertainty=args.uncertainty, overwrite=args.overwrite, num_workers=args.num_workers,
-                          postprocessing=post, refinement=refinement, write_volumes=part is None)
+                          postprocessing=post, refinement=refinement, write_volumes=part is None,
+                          outputs=_case_outputs(predictors, args), dicom_identifiers=args.dicom_identifiers)
     output = Path(args.output)
-    volumes = output / "volumes.csv" if part is None else _write_part_volumes(predictors, part, output)
+    volumes = output / "volumes.csv" if part is None else _write_part_volumes(predictors, part, output,
+                                                                               args.dicom_identifiers)
     print(f"predicted {len(done)} case(s) into {args.output} (volumes in {volumes})")
     return 0

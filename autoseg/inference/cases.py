@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from autoseg.dataset.dicom import DicomSeries, find_dicom_series, is_dicom_folder
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, split_ending
 from autoseg.errors import UserError
 
@@ -25,6 +27,7 @@ class InputCase:
     case_id: str
     files: list[Path]  # one multi-channel file, or one file per channel in channel order
     ending: str  # the input's file ending; the prediction is written in the same format
+    dicom: DicomSeries | None = None  # a DICOM series (files: its slices in order); written as NIfTI
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,14 @@ class FolderPart:
         return "volumes.csv" if self.num_parts == 1 else f"volumes_part{self.part}of{self.num_parts}.csv"
 
 
-def find_input_cases(folder: str | os.PathLike | FolderPart, num_channels: int) -> list[InputCase]:
+def find_input_cases(folder: str | os.PathLike | FolderPart, num_channels: int,
+                     dicom_identifiers: str = "series") -> list[InputCase]:
     """The cases in ``folder``: nnU-Net-style ``CASE_XXXX`` channel files, else one file per case.
 
     For a :class:`FolderPart` only the part's cases, after checking the whole folder as above.
     """
     if isinstance(folder, FolderPart):
-        return folder.select(find_input_cases(folder.folder, num_channels))
+        return folder.select(find_input_cases(folder.folder, num_channels, dicom_identifiers))
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"input folder {folder} does not exist")
@@ -80,6 +84,8 @@ def find_input_cases(folder: str | os.PathLike | FolderPart, num_channels: int) 
         parts = split_ending(f.name)
         if parts is not None:
             files.append((f, parts[0], parts[1]))
+    if not files and is_dicom_folder(folder):
+        return dicom_input_cases(folder, dicom_identifiers)
     if not files:
         raise UserError(f"input folder {folder} holds no image files ({', '.join(SUPPORTED_ENDINGS)})")
 
@@ -106,6 +112,14 @@ def find_input_cases(folder: str | os.PathLike | FolderPart, num_channels: int) 
     return [InputCase(stem, [f], ending) for f, stem, ending in files]
 
 
+def dicom_input_cases(folder: Path, identifiers: str = "series") -> list[InputCase]:
+    """One case per DICOM series below ``folder`` (checked: see autoseg.dataset.dicom), named by ``identifiers``."""
+    scan = find_dicom_series(folder)
+    for note in scan.notes:
+        print(f"{folder}: {note}", file=sys.stderr)
+    return [InputCase(cid, list(s.files), ".nii.gz", dicom=s) for cid, s in zip(scan.case_ids(identifiers), scan.series)]
+
+
 def _header_channels(path: Path) -> tuple[int, tuple[int, ...]]:
     """(channels, spatial size) from the file header only, without reading pixels."""
     import SimpleITK as sitk
@@ -128,6 +142,11 @@ def _header_channels(path: Path) -> tuple[int, tuple[int, ...]]:
 def check_input_cases(cases: Sequence[InputCase], num_channels: int) -> None:
     """Fail before any work if a file is unreadable or a case has the wrong number of channels."""
     for case in cases:
+        if case.dicom is not None:
+            if num_channels != 1:
+                raise UserError(f"{case.dicom.describe()}: a DICOM series is one channel but the model was trained "
+                                f"on {num_channels}")
+            continue
         total, sizes = 0, set()
         for f in case.files:
             ch, size = _header_channels(f)

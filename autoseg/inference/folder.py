@@ -21,8 +21,10 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from autoseg.atomic import atomic_path, remove_partials, save_npy, write_json
+from autoseg.dataset.dicom import read_dicom_series
 from autoseg.dataset.imageio import Geometry, read_channels, read_label
 from autoseg.errors import UserError
+from autoseg.inference.case_outputs import CaseOutput
 from autoseg.inference.cases import InputCase, check_input_cases, find_input_cases
 from autoseg.inference.export import entropy_map, label_volumes_ml, write_prediction
 from autoseg.inference.predictor import CasePrediction, Inferred, Predictor, check_ensemble, finish, infer, prepare
@@ -111,6 +113,8 @@ def predict_folder(
     postprocessing: dict | None = None,
     write_volumes: bool = True,
     refinement: Refinement | None = None,
+    outputs: Sequence[CaseOutput] = (),
+    dicom_identifiers: str = "series",
 ) -> list[str]:
     """Predict every case of ``input_folder`` into ``output_folder``; returns the case ids predicted.
 
@@ -118,7 +122,9 @@ def predict_folder(
     ``postprocessing`` is a connected-component spec (autoseg.postprocessing.connected_components).
     Writes ``CASE<ending>``, with ``save_probabilities`` ``CASE_probabilities.npy`` (float16,
     ``(K, Z, Y, X)``) and ``probabilities.json``, with ``uncertainty`` ``CASE_entropy<ending>``,
-    and ``volumes.csv`` (mL per case and label) for all cases in the output folder.
+    and ``volumes.csv`` (mL per case and label) for all cases in the output folder. ``outputs``
+    write more per case (previews, meshes, statistics, DICOM-SEG: :mod:`autoseg.inference.case_outputs`).
+    DICOM series are read as one case each (:mod:`autoseg.dataset.dicom`).
     """
     from tqdm import tqdm
 
@@ -129,8 +135,11 @@ def predict_folder(
     first = predictors[0]
     label_values = first.label_values
     output_folder = Path(output_folder)
-    cases = find_input_cases(input_folder, first.num_channels)
+    cases = find_input_cases(input_folder, first.num_channels, dicom_identifiers)
     check_input_cases(cases, first.num_channels)
+    outputs = list(outputs)
+    for out in outputs:
+        out.check(cases)
     if Path(input_folder).resolve() == output_folder.resolve():
         raise UserError("the output folder must differ from the input folder")
     output_folder.mkdir(parents=True, exist_ok=True)
@@ -152,21 +161,32 @@ def predict_folder(
             wanted.append(f"{case.case_id}{PROBABILITIES_SUFFIX}")
         if uncertainty:
             wanted.append(entropy_name(case))
+        for out in outputs:
+            wanted += out.output_names(case)
         return overwrite or not all((output_folder / name).is_file() for name in wanted)
 
     todo = [c for c in cases if needed(c)]
     volumes: dict[str, dict[int, float]] = {}
 
-    def read_and_prepare(case: InputCase):
-        image, geometry = read_channels(case.files)
-        return geometry, prepare(predictors, image, geometry, case.case_id)
+    keep_image = any(out.needs_image for out in outputs)
 
-    def export_and_write(case: InputCase, geometry: Geometry, inferred: Inferred, refined: tuple | None) -> None:
+    def read_and_prepare(case: InputCase):
+        if case.dicom is not None:
+            image, geometry = read_dicom_series(case.dicom)
+            image = image.astype(np.float32, copy=False)
+        else:
+            image, geometry = read_channels(case.files)
+        return geometry, prepare(predictors, image, geometry, case.case_id), image if keep_image else None
+
+    def export_and_write(case: InputCase, geometry: Geometry, inferred: Inferred, refined: tuple | None,
+                         image: np.ndarray | None) -> None:
         if refined is not None:
             refinement.write(first, case, geometry, inferred, refined[1], output_folder)
             inferred = refined[0]
         prediction = finish(predictors, inferred, postprocessing, entropy=uncertainty, probabilities=(
             output_folder / f"{case.case_id}{PROBABILITIES_SUFFIX}" if save_probabilities else False))
+        for out in outputs:  # before the label map, which is written last and marks the case done
+            out.write(case, image, geometry, prediction, output_folder)
         write_case_outputs(output_folder, case.case_id, case.ending, prediction, geometry, save_probabilities,
                            entropy_name(case) if uncertainty else None)
         volumes[case.case_id] = label_volumes_ml(prediction.segmentation, geometry.spacing, label_values)
@@ -176,7 +196,7 @@ def predict_folder(
         pending_reads: list[Future] = [reader.submit(read_and_prepare, c) for c in todo[:workers]]
         pending_write: Future | None = None
         for i, case in enumerate(tqdm(todo, desc="predict", dynamic_ncols=True, disable=None)):
-            geometry, prepared = pending_reads.pop(0).result()
+            geometry, prepared, image = pending_reads.pop(0).result()
             if i + workers < len(todo):
                 pending_reads.append(reader.submit(read_and_prepare, todo[i + workers]))
             inferred = infer(predictors, prepared)
@@ -184,11 +204,14 @@ def predict_folder(
             refined = refinement.refine(first, case, inferred) if refinement is not None else None
             if pending_write is not None:
                 pending_write.result()  # at most one case waits for export: bounds memory
-            pending_write = writer.submit(export_and_write, case, geometry, inferred, refined)
+            pending_write = writer.submit(export_and_write, case, geometry, inferred, refined, image)
+            del image
         if pending_write is not None:
             pending_write.result()
     if refinement is not None:
         refinement.close(output_folder)
+    for out in outputs:
+        out.close(output_folder, cases)
 
     if write_volumes:
         rows = []
