@@ -38,6 +38,9 @@ setup(
         "dicom": ["highdicom>=0.22"],
         # autoseg run --executor slurm: submitit submits and requeues the folds as a job array
         "slurm": ["submitit>=1.5"],
+        # export-onnx and predict --engine onnxruntime: the ONNX format, its CPU/GPU runtime, and
+        # onnxscript for torch's dynamo exporter (the one that exports the transformer networks)
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

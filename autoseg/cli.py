@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "find_best_configuration",
     "ensemble",
     "postprocess",
+    "export_model",
+    "import_model",
+    "export_onnx",
     "run",
     "demo",
 ]

@@ -22,7 +22,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("-i", "--input", required=True, help="folder of images to segment")
     p.add_argument("-o", "--output", required=True, help="folder for the results (created if needed)")
-    p.add_argument("-d", "--dataset", required=True, help="dataset name in the workspace (or its raw folder)")
+    p.add_argument("-d", "--dataset", default=None, help="dataset name in the workspace (or its raw folder)")
+    p.add_argument("--model", default=None, metavar="ZIP",
+                   help="a model archive (autoseg export-model) instead of -d: checked completely, extracted once "
+                        "into <workspace>/.model_cache and reused (documentation/sharing.md)")
+    p.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the networks on torch (default) or onnxruntime (pip install -e \".[onnx]\"; each fold "
+                        "is exported to ONNX once, into the model folder's onnx/; fp32)")
     p.add_argument("-c", "--configuration", default=None,
                    help="configuration to use (2d, 3d_fullres, ...); default: best_configuration.json")
     p.add_argument("-f", "--folds", nargs="+", default=None,
@@ -157,7 +163,18 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.workspace import resolve_dataset
 
     part = _input_part(args)
-    ws = resolve_dataset(args.dataset, args.workspace)
+    if (args.dataset is None) == (args.model is None):
+        raise UserError("say which model: -d DATASET (trained in the workspace) or --model ZIP (a model archive)")
+    if args.model is not None:
+        from autoseg.inference.model_archive import open_model
+
+        ws = open_model(args.model, args.workspace)
+    else:
+        ws = resolve_dataset(args.dataset, args.workspace)
+    if args.engine == "onnxruntime":
+        from autoseg.inference.onnx_engine import onnx_predictor_from_model_folder as load_predictor
+    else:
+        load_predictor = Predictor.from_model_folder
     if not ws.root.is_dir():
         raise UserError(f"dataset workspace {ws.root} does not exist; check -d and --workspace")
     members, folds, post = models_to_predict(ws, args.configuration, args.trainer, args.folds, args.no_postprocessing)
@@ -166,10 +183,9 @@ def run(args: argparse.Namespace) -> int:
         folder = ws.results_dir(trainer, configuration)
         if not folder.is_dir():
             raise UserError(f"no trained model in {folder}; train it with 'autoseg train' (or pass --trainer/-c)")
-        predictors.append(Predictor.from_model_folder(folder, folds=folds, checkpoint=args.checkpoint,
-                                                      scratch_dir=args.scratch_dir,
-                                                      device=args.device, tta=not args.no_tta, overlap=args.overlap,
-                                                      precision=args.precision))
+        predictors.append(load_predictor(folder, folds=folds, checkpoint=args.checkpoint, scratch_dir=args.scratch_dir,
+                                         device=args.device, tta=not args.no_tta, overlap=args.overlap,
+                                         precision=args.precision))
     refinement = _atlas_refinement(predictors, folds, args)
     if refinement is not None and part is not None and part.num_parts > 1:
         raise UserError("--part/--num-parts: an atlas_istn model keeps one atlas_istn.json per output folder, which "
@@ -178,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicting with {names}, folds {', '.join(folds)}"
           + (f", postprocessing {post}" if post else "") + ("" if not args.no_tta else ", no TTA")
           + (f", atlas-ISTN refinement {refinement.iterations} iteration(s)" if refinement else "")
-          + (f", part {part.part} of {part.num_parts}" if part is not None else ""))
+          + (f", part {part.part} of {part.num_parts}" if part is not None else "")
+          + (", on onnxruntime" if args.engine == "onnxruntime" else ""))
     # a part's table is its own file: predict_folder's volumes.csv would cover only this part's cases
     source = args.input if part is None else part
     done = predict_folder(predictors, source, args.output, save_probabilities=args.save_probabilities,
