@@ -150,43 +150,17 @@ def find_image_files(folder: str | Path, case_ids: list[str]) -> dict[str, list[
     return out
 
 
-def _header(path: Path) -> tuple[int, tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...], int]:
-    """(spatial dimension, size, spacing, origin, direction, channels) from the file header, without
-    reading pixels."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from autoseg.errors import UserError
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except Exception as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{path}: unreadable image file ({(first[-1] if first else '')[:200]})") from None
-    dim = reader.GetDimension()
-    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
-    direction = reader.GetDirection()
-    channels = reader.GetNumberOfComponents()
-    if dim == 4:  # MSD multi-channel volume: the 4th axis holds channels
-        channels *= size[3]
-        size, spacing, origin = size[:3], spacing[:3], origin[:3]
-        direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel())
-        dim = 3
-    return dim, tuple(size), tuple(spacing), tuple(origin), tuple(direction), channels
-
-
 def check_images_match(label_files: dict[str, Path], image_files: dict[str, list[Path]]) -> None:
     """Each case's image files have its label map's grid: same size, spacing, origin and direction."""
     import numpy as np
 
+    from autoseg.dataset.imageio import read_header
     from autoseg.errors import UserError
 
     for cid, label_file in label_files.items():
-        _, size, spacing, origin, direction, _ = _header(label_file)
+        _, size, spacing, origin, direction, _ = read_header(label_file)
         for f in image_files[cid]:
-            _, isize, ispacing, iorigin, idirection, _ = _header(f)
+            _, isize, ispacing, iorigin, idirection, _ = read_header(f)
             if isize != size:
                 raise UserError(f"{f}: size {isize} differs from its label map {label_file} {size}")
             if (not np.allclose(ispacing, spacing, rtol=1e-3, atol=1e-3) or not np.allclose(iorigin, origin, atol=1e-2)
@@ -200,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from autoseg.atomic import remove_partials
-    from autoseg.dataset.imageio import read_channels, read_label
+    from autoseg.dataset.imageio import read_channels, read_header, read_label
     from autoseg.errors import UserError
     from autoseg.evaluation.structure_stats import as_label_map, structure_statistics, write_structure_statistics
     from autoseg.inference.meshes import check_mesh_options, meshes_done, write_case_meshes
@@ -220,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         del label_files[cid]
     dims = {}
     for cid, f in label_files.items():
-        header = _header(f)
+        header = read_header(f)
         if header[5] != 1:
             raise UserError(f"{f}: has {header[5]} channels; a label map has one")
         dims[cid] = header[0]

@@ -369,3 +369,26 @@ def _write_header_and_data(img: sitk.Image, path: Path) -> None:
         sitk.WriteImage(img, str(Path(tmpdir) / path.name), useCompression=True)
         for f in sorted(Path(tmpdir).iterdir(), key=lambda f: f.name == path.name):
             os.replace(f, path.parent / f.name)
+
+
+def read_header(path: str | os.PathLike) -> tuple[int, tuple[int, ...], tuple[float, ...], tuple[float, ...],
+                                                  tuple[float, ...], int]:
+    """(spatial dimension, size, spacing, origin, direction, channels) from the file header,
+    without reading pixels; an MSD 4D file's fourth axis counts as channels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        raise ImageReadError(f"{path}: unreadable image file ({(first[-1] if first else '')[:200]})") from None
+    dim = reader.GetDimension()
+    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
+    direction = reader.GetDirection()
+    channels = reader.GetNumberOfComponents()
+    if dim == 4:  # MSD multi-channel volume: the 4th axis holds channels
+        channels *= size[3]
+        size, spacing, origin = size[:3], spacing[:3], origin[:3]
+        direction = tuple(np.asarray(direction).reshape(4, 4)[:3, :3].ravel())
+        dim = 3
+    return dim, tuple(size), tuple(spacing), tuple(origin), tuple(direction), channels

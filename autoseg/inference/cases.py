@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from autoseg.dataset.dicom import DicomSeries, find_dicom_series, is_dicom_folder
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, split_ending
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, read_header, split_ending
 from autoseg.errors import UserError
 
 _CHANNEL_FILE = re.compile(r"^(.*)_(\d{4})$")
@@ -122,21 +122,8 @@ def dicom_input_cases(folder: Path, identifiers: str = "series") -> list[InputCa
 
 def _header_channels(path: Path) -> tuple[int, tuple[int, ...]]:
     """(channels, spatial size) from the file header only, without reading pixels."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except Exception as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{path}: unreadable image file ({(first[0] if first else '')[:200]})") from None
-    size = reader.GetSize()
-    channels = reader.GetNumberOfComponents()
-    if len(size) == 4:
-        channels *= size[3]
-        size = size[:3]
-    return channels, tuple(size)
+    _, size, _, _, _, channels = read_header(path)
+    return channels, size
 
 
 def check_input_cases(cases: Sequence[InputCase], num_channels: int) -> None:
