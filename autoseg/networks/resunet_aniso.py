@@ -45,8 +45,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from autoseg.networks.layers import conv, conv_transpose, init_weights, norm, same_padding
-from autoseg.networks.unet import EncoderDecoder
+from autoseg.networks.layers import conv, init_weights, norm, same_padding
+from autoseg.networks.unet import EncoderDecoder, UNetDecoder
 from autoseg.planners.plans import NetworkTopology
 
 EMBEDDING_KERNEL = 5
@@ -116,36 +116,6 @@ class AnisoResStage(nn.Sequential):
         )
 
 
-class AnisoResDecoder(nn.Module):
-    """Transposed-conv upsampling, additive skip, the stage block, a 1x1 head per stage."""
-
-    def __init__(self, num_classes: int, topology: NetworkTopology, dim: int, axis: int | None) -> None:
-        super().__init__()
-        f = topology.features_per_stage
-        self.up = nn.ModuleList()
-        self.blocks = nn.ModuleList()
-        self.heads = nn.ModuleList()
-        # index d walks from the stage just above the bottleneck up to full resolution
-        for s in range(topology.n_stages - 2, -1, -1):
-            st = tuple(topology.strides[s + 1])
-            self.up.append(conv_transpose(dim)(f[s + 1], f[s], kernel_size=st, stride=st, bias=False))
-            self.blocks.append(AnisoResStage(dim, f[s], f[s], topology.kernel_sizes[s], [1] * dim,
-                                             INPLANE_KERNEL, axis))
-            self.heads.append(conv(dim)(f[s], num_classes, kernel_size=1, bias=True))
-
-    def forward(self, skips: list[torch.Tensor], all_heads: bool) -> list[torch.Tensor] | torch.Tensor:
-        x = skips[-1]
-        outputs = []
-        n = len(self.blocks)
-        for d in range(n):
-            x = self.blocks[d](self.up[d](x) + skips[-(d + 2)])
-            if all_heads:
-                outputs.append(self.heads[d](x))
-            elif d == n - 1:
-                return self.heads[d](x)
-        return outputs[::-1]
-
-
 class ResUNetAniso(EncoderDecoder):
     """Anisotropic residual symmetric U-Net (Lee et al. 2017; Res-UNet-R, Li et al. 2022)."""
 
@@ -162,5 +132,9 @@ class ResUNetAniso(EncoderDecoder):
             self.encoder.append(AnisoResStage(dim, prev, f[s], topology.kernel_sizes[s], topology.strides[s],
                                               size, self.slice_axis))
             prev = f[s]
-        self.decoder = AnisoResDecoder(num_classes, topology, dim, self.slice_axis)
+        # skips added, not concatenated (module docstring); every decoder stage is the stage block
+        self.decoder = UNetDecoder(
+            num_classes, topology, dim, topology.n_conv_per_stage, join="add",
+            block=lambda s, cin, cout: AnisoResStage(dim, cin, cout, topology.kernel_sizes[s], [1] * dim,
+                                                     INPLANE_KERNEL, self.slice_axis))
         self.apply(init_weights)

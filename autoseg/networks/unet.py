@@ -9,7 +9,7 @@ otherwise only the full-resolution head runs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -50,10 +50,22 @@ def stack(dim: int, in_channels: int, out_channels: int, kernel_size: Sequence[i
 
 
 class UNetDecoder(nn.Module):
-    """Decoder shared by every encoder variant: upsample, concatenate skip, convs, heads."""
+    """Decoder shared by every encoder variant: upsample, join the skip, the stage's block, heads.
 
-    def __init__(self, num_classes: int, topology: NetworkTopology, dim: int, n_conv_per_stage: int) -> None:
+    ``join``: ``"concat"`` (U-Net: the block takes ``2 * features``) or ``"add"`` (residual
+    symmetric U-Nets: the skip is added). ``block(stage, in_channels, out_channels)`` builds a
+    stage's block; by default ``n_conv_per_stage`` conv-norm-activation units.
+    """
+
+    def __init__(self, num_classes: int, topology: NetworkTopology, dim: int, n_conv_per_stage: int,
+                 block: Callable[[int, int, int], nn.Module] | None = None, join: str = "concat") -> None:
         super().__init__()
+        if join not in ("concat", "add"):
+            raise ValueError(f"join must be 'concat' or 'add', got {join!r}")
+        if block is None:
+            def block(s: int, cin: int, cout: int) -> nn.Module:
+                return stack(dim, cin, cout, topology.kernel_sizes[s], [1] * dim, n_conv_per_stage)
+        self.join = join
         f = topology.features_per_stage
         self.up = nn.ModuleList()
         self.blocks = nn.ModuleList()
@@ -62,7 +74,7 @@ class UNetDecoder(nn.Module):
         for s in range(topology.n_stages - 2, -1, -1):
             st = tuple(topology.strides[s + 1])
             self.up.append(conv_transpose(dim)(f[s + 1], f[s], kernel_size=st, stride=st, bias=False))
-            self.blocks.append(stack(dim, 2 * f[s], f[s], topology.kernel_sizes[s], [1] * dim, n_conv_per_stage))
+            self.blocks.append(block(s, 2 * f[s] if join == "concat" else f[s], f[s]))
             self.heads.append(conv(dim)(f[s], num_classes, kernel_size=1, bias=True))
 
     def forward(self, skips: list[torch.Tensor], all_heads: bool) -> list[torch.Tensor] | torch.Tensor:
@@ -70,8 +82,8 @@ class UNetDecoder(nn.Module):
         outputs = []
         n = len(self.blocks)
         for d in range(n):
-            x = self.up[d](x)
-            x = self.blocks[d](torch.cat((x, skips[-(d + 2)]), dim=1))
+            x, skip = self.up[d](x), skips[-(d + 2)]
+            x = self.blocks[d](torch.cat((x, skip), dim=1) if self.join == "concat" else x + skip)
             if all_heads:
                 outputs.append(self.heads[d](x))
             elif d == n - 1:
