@@ -21,7 +21,7 @@ FAST = ["-c", "3d_fullres", "--folds", "0", "1", "--iters-per-epoch", "1", "--va
 def _autoseg(*argv: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "autoseg", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env, **kw)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:

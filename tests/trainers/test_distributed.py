@@ -177,7 +177,7 @@ def env() -> dict[str, str]:
 
 def test_torchrun_trains_one_fold_as_one_process_would(workspace):
     root, ws = workspace
-    r = subprocess.run(torchrun_train(root, 0, "--epochs", "2"), capture_output=True, text=True, timeout=120,
+    r = subprocess.run(torchrun_train(root, 0, "--epochs", "2"), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
                        env=env(), cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     fold = ws.fold_dir("unet", "3d_fullres", 0)
@@ -217,7 +217,7 @@ def test_torchrun_run_killed_mid_training_resumes_with_continue(workspace):
     state = torch.load(fold / "checkpoint_latest.pt", weights_only=True)
     done = state["epoch"]
     assert 1 <= done < 6 and not (fold / "checkpoint_final.pt").exists()
-    r = subprocess.run(args + ["--continue"], capture_output=True, text=True, timeout=120, env=env(), cwd=REPO)
+    r = subprocess.run(args + ["--continue"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, env=env(), cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count(f"from checkpoint_latest.pt: epoch {done}, iteration {2 * done}/12") == 1
     log = read_json(fold / "log.json")
@@ -234,7 +234,7 @@ def test_torchrun_time_budget_stops_every_rank_at_the_same_step(workspace):
     # epochs far longer than the budget: the stop comes inside an epoch, rank 0's flag for all
     r = subprocess.run(torchrun_train(root, 2, "--epochs", "5", "--iters-per-epoch", "100000",
                                       "--time-budget", str(budget_min)),
-                       capture_output=True, text=True, timeout=120, env=env(), cwd=REPO)
+                       capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, env=env(), cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]  # a rank that stepped on alone would hang in DDP's all-reduce
     fold = ws.fold_dir("unet", "3d_fullres", 2)
     done = read_json(fold / "done.json")

@@ -37,7 +37,7 @@ def test_resume_after_sigkill(tmp_path):
     state = torch.load(fold / "checkpoint_latest.pt", weights_only=True)
     done = state["epoch"]
     assert 1 <= done < 4 and not (fold / "checkpoint_final.pt").exists()
-    r = subprocess.run(args + ["--continue"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(args + ["--continue"], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert r.returncode == 0, r.stderr
     assert f"epoch {done}, iteration {2 * done}/8" in r.stderr
     log = read_json(fold / "log.json")
