@@ -352,3 +352,15 @@ def test_num_threads_sets_torchs_thread_count_for_the_run(tmp_path):
         assert torch.get_num_threads() == 1  # a study's job shares the machine's cores with its siblings
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("k", [2, 3, 260])
+def test_class_counts_equal_per_class_counting(k):
+    from autoseg.trainers.base import class_counts
+
+    g = torch.Generator().manual_seed(k)
+    pred, tgt = torch.randint(0, k, (2, 6, 7, 5), generator=g), torch.randint(0, k, (2, 6, 7, 5), generator=g)
+    expected = np.array([[float(((pred == c) & (tgt == c)).sum()) for c in range(1, k)],
+                         [float(((pred == c) & (tgt != c)).sum()) for c in range(1, k)],
+                         [float(((pred != c) & (tgt == c)).sum()) for c in range(1, k)]])
+    np.testing.assert_array_equal(class_counts(pred, tgt, k), expected)
