@@ -29,13 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.atomic import read_json
+from autoseg.atomic import read_json, remove_partials
 from autoseg.errors import UserError
 from autoseg.evaluation.metrics import dice_per_label
 from autoseg.postprocessing.connected_components import keep_largest_component
 from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, find_label_values,
                                              segmentation_from_probability_files)
-from autoseg.postprocessing.report import write_case_previews, write_report
+from autoseg.postprocessing.report import PREVIEW_FOLDER, write_case_previews, write_report
 from autoseg.postprocessing.selection import (DEFAULT_FOLDS, RANK_KEYS, Candidate, ModelRef, Selected,
                                               Selection)
 from autoseg.workspace import DatasetWorkspace
@@ -260,10 +260,14 @@ def find_best_configuration(
         num_cases=len(cases), label_values=all_labels, label_names={str(v): label_names[v] for v in labels},
         warnings=log)
     if write:
-        selection.save(workspace.best_configuration_file)
+        # what a killed run left half-written goes before anything is written again
+        for folder in (workspace.root, workspace.root / PREVIEW_FOLDER):
+            remove_partials(folder)
         case_previews = None
         if previews:
             measured = dict(zip(cases, scores[best_index].base[False]))  # the selected candidate's raw Dice
             case_previews = write_case_previews(workspace, selection, workspace.root, measured, progress)
         write_report(selection, workspace.root, case_previews)
+        # last: its presence says find-best finished (predict and a study read it)
+        selection.save(workspace.best_configuration_file)
     return selection

@@ -86,3 +86,23 @@ def test_predict_killed_mid_folder_reruns_to_the_same_outputs(tmp_path):
         else:
             assert filecmp.cmp(a / name, b / name, shallow=False), name
     assert not partials(b)
+
+
+def test_find_best_killed_before_it_finishes_reruns_to_the_same_selection(tmp_path):
+    import json
+
+    from tests.postprocessing.test_find_best import make_workspace, one_voxel_missing, split_and_island
+
+    results = {}
+    for name in ("a", "b"):
+        ws = make_workspace(tmp_path / name, split_and_island, one_voxel_missing)
+        argv = ["find-best-configuration", ws.name, "--workspace", str(ws.root.parent)]
+        if name == "b":
+            # the report and its pictures come first; best_configuration.json, which says find-best
+            # finished, is written last, so a kill in between leaves no selection to trust
+            kill_when(argv, lambda: any((ws.root / "find_best_previews").glob("*.png")))
+            assert not ws.best_configuration_file.exists()
+        run(*argv)
+        results[name] = json.loads(ws.best_configuration_file.read_text()), (ws.root / "find_best_report.md").read_text()
+        assert not partials(ws.root)
+    assert results["a"] == results["b"]
