@@ -52,21 +52,27 @@ def same_padding(kernel_size: Sequence[int]) -> tuple[int, ...]:
     return tuple(k // 2 for k in kernel_size)
 
 
+def leaky_relu() -> nn.Module:
+    return nn.LeakyReLU(0.01, inplace=True)
+
+
 class ConvNormAct(nn.Sequential):
-    """conv -> instance norm (affine) -> LeakyReLU(0.01): the unit every U-Net stage stacks.
+    """conv -> instance norm (affine) -> activation (LeakyReLU(0.01) unless ``activation`` makes
+    another): the unit every U-Net stage stacks.
 
     The conv has a bias only when no norm follows it; instance norm would subtract it anyway.
     """
 
     def __init__(self, dim: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
-                 stride: Sequence[int] | int = 1, act: bool = True) -> None:
+                 stride: Sequence[int] | int = 1, act: bool = True,
+                 activation: Callable[[], nn.Module] = leaky_relu) -> None:
         layers: list[nn.Module] = [
             conv(dim)(in_channels, out_channels, tuple(kernel_size), stride=stride,
                       padding=same_padding(kernel_size), bias=False),
             norm(dim)(out_channels, eps=1e-5, affine=True),
         ]
         if act:
-            layers.append(nn.LeakyReLU(0.01, inplace=True))
+            layers.append(activation())
         super().__init__(*layers)
 
 

@@ -45,7 +45,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from autoseg.networks.layers import conv, init_weights, norm, same_padding
+from autoseg.networks.layers import ConvNormAct, init_weights
 from autoseg.networks.unet import EncoderDecoder, UNetDecoder
 from autoseg.planners.plans import NetworkTopology
 
@@ -77,18 +77,16 @@ def inplane_kernel(topology_kernel: Sequence[int], stride: Sequence[int], size: 
     return out
 
 
-class ConvNormELU(nn.Sequential):
+def _elu() -> nn.Module:
+    return nn.ELU(inplace=True)
+
+
+class ConvNormELU(ConvNormAct):
+    """conv-norm-ELU, the unit of both papers' stages."""
+
     def __init__(self, dim: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
                  stride: Sequence[int] | int = 1, act: bool = True) -> None:
-        # no conv bias: the instance norm right after it would subtract it
-        layers: list[nn.Module] = [
-            conv(dim)(in_channels, out_channels, tuple(kernel_size), stride=stride,
-                      padding=same_padding(kernel_size), bias=False),
-            norm(dim)(out_channels, eps=1e-5, affine=True),
-        ]
-        if act:
-            layers.append(nn.ELU(inplace=True))
-        super().__init__(*layers)
+        super().__init__(dim, in_channels, out_channels, kernel_size, stride, act, activation=_elu)
 
 
 class ResidualPair(nn.Module):
