@@ -10,6 +10,10 @@ holds a few volumes of the original grid whatever the number of classes (see "Me
 documentation/inference.md). Only a caller that asks for the probabilities gets them, written
 class by class into a ``.npy`` file or, for the Python API, as a ``(K, Z0, Y0, X0)`` array in
 memory. :func:`to_original_geometry` builds that whole array for one configuration.
+
+:class:`RowExport` goes further for one configuration's large case: it takes the preprocessed
+grid's rows as the sliding window finishes them and turns them into label-map rows straight
+away, so not even the preprocessed grid's ``(K, Z, Y, X)`` array exists.
 """
 from __future__ import annotations
 
@@ -17,15 +21,15 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.planners.plans import ConfigurationPlan, Plans
-from autoseg.postprocessing.ensemble import ClassFileWriter, RunningArgmax
-from autoseg.preprocessing.resampling import resample
+from autoseg.postprocessing.ensemble import ClassFileWriter, RunningArgmax, label_dtype
+from autoseg.preprocessing.resampling import _along_axis, _nearest_indices, _source_coordinates, resample
 
 
 def _config(plans: Plans, config: ConfigurationPlan | str) -> ConfigurationPlan:
@@ -199,6 +203,127 @@ def export_case(
             inner, entropy_map_ = entropy_map_, np.zeros(shape, dtype=np.float32)
             entropy_map_[union] = inner
     return ExportedCase(segmentation, kept, entropy_map_)
+
+
+def _crop_steps(pre_shape: Sequence[int], crop_shape: Sequence[int], axis: int | None,
+                separate_axis_order: int) -> list[tuple[int, int, int]]:
+    """``(axis, size, order)`` one-axis passes that :meth:`ExportMember.crop_class` makes, in its order.
+
+    Every pass of a linear or nearest resampling touches one axis only, so a run of z rows can
+    be resampled on its own and gives exactly the values of the whole volume's pass.
+    """
+    if tuple(pre_shape) == tuple(crop_shape):
+        return []
+    if axis is None:
+        return [(a, int(crop_shape[a]), 1) for a in range(3) if pre_shape[a] != crop_shape[a]]
+    others = [a for a in range(3) if a != axis]
+    steps = [(a, int(crop_shape[a]), 1) for a in others if pre_shape[a] != crop_shape[a]]
+    if pre_shape[axis] != crop_shape[axis]:
+        steps.append((axis, int(crop_shape[axis]), int(separate_axis_order)))
+    return steps
+
+
+class RowExport:
+    """One configuration's preprocessed-grid rows, as the sliding window finishes them, into the label map.
+
+    Called as the sliding window's ``on_rows`` consumer: for each run of final rows it resamples
+    every class's rows (plus one row kept from the run before, which linear interpolation along z
+    needs) to the crop box of the original grid, takes the running argmax over the classes and
+    writes the finished label-map rows. The label map, its entropy, ``to_original_geometry``'s
+    argmax: the same values, bit for bit, as :func:`export_case` on the whole array.
+    Memory: a run of rows of one class at a time, one carried row per class, and the label map.
+    """
+
+    def __init__(self, properties: dict[str, Any], config: ConfigurationPlan, label_values: Sequence[int],
+                 entropy: bool = False) -> None:
+        member = ExportMember(np.zeros((1, 1, 1, 1), np.float32), properties, config)
+        self.original_shape = member.original_shape
+        self.box = member.box
+        self.label_values = list(label_values)
+        self.num_classes = len(self.label_values)
+        pre = [int(s) for s in properties["shape_after_resampling"]]
+        self.pre_rows = pre[0]
+        self.steps = _crop_steps(pre, member.crop_shape, member.axis, config.resampling.separate_axis_order)
+        z_orders = [order for a, _, order in self.steps if a == 0]
+        self.z_order = z_orders[0] if z_orders else None
+        n_out = member.crop_shape[0]
+        if self.z_order is None:
+            lo = hi = np.arange(n_out)
+        elif self.z_order == 0:
+            lo = hi = _nearest_indices(self.pre_rows, n_out)
+        else:
+            src = np.clip(_source_coordinates(self.pre_rows, n_out), 0, self.pre_rows - 1)
+            lo = np.floor(src).astype(np.intp)
+            hi = np.minimum(lo + 1, self.pre_rows - 1)
+        self.first_needed, self.last_needed = lo, hi  # input rows each output row reads
+        self.done = 0  # output rows written
+        self.carry: list[np.ndarray | None] = [None] * self.num_classes
+        self.segmentation = np.full(self.original_shape, self.label_values[0], dtype=label_dtype(self.label_values))
+        self.entropy = np.zeros(self.original_shape, dtype=np.float32) if entropy else None
+
+    @staticmethod
+    def supports(config: ConfigurationPlan) -> bool:
+        """Streaming needs passes that are local along z: linear or nearest (every plan autoseg makes)."""
+        return config.resampling.separate_axis_order in (0, 1)
+
+    def _resample_rows(self, rows: np.ndarray, first: int, j0: int, j1: int) -> np.ndarray:
+        """Output rows ``[j0, j1)`` of one class from input rows ``first ..`` of the preprocessed grid."""
+        x = rows
+        for axis, size, order in self.steps:
+            if axis == 0:
+                if order == 0:
+                    x = np.take(x, self.first_needed[j0:j1] - first, axis=0)
+                else:
+                    src = np.clip(_source_coordinates(self.pre_rows, size)[j0:j1], 0, self.pre_rows - 1)
+                    lo = self.first_needed[j0:j1] - first
+                    hi = self.last_needed[j0:j1] - first
+                    w = (src - np.floor(src)).astype(np.float32).reshape(-1, 1, 1)
+                    x = np.take(x, lo, axis=0) * (1 - w) + np.take(x, hi, axis=0) * w
+            else:
+                x = _along_axis(x, axis, size, order)
+        if self.z_order is None:
+            x = x[j0 - first:j1 - first]
+        return x.astype(np.float32, copy=False)
+
+    def __call__(self, r0: int, r1: int, rows: Callable[[int], np.ndarray]) -> None:
+        """Take preprocessed rows ``[r0, r1)``; ``rows(c)`` gives class ``c``'s ``(r1 - r0, Y, X)``."""
+        n_out = len(self.first_needed)
+        j0 = self.done
+        j1 = n_out if r1 >= self.pre_rows else int(np.searchsorted(self.last_needed, r1, side="left"))
+        argmax = ent = None
+        if j1 > j0:
+            first = int(self.first_needed[j0])
+            block = (j1 - j0,) + tuple(hi - lo for lo, hi in self.box[1:])
+            argmax = RunningArgmax(block, self.num_classes)
+            ent = torch.zeros(block, dtype=torch.float32) if self.entropy is not None else None
+        for c in range(self.num_classes):
+            new = rows(c)
+            if argmax is not None:
+                if first < r0 - 1 or (first < r0 and self.carry[c] is None):
+                    raise RuntimeError(f"row {first} is needed but rows before {r0} are gone")
+                have = new if first >= r0 else np.concatenate([self.carry[c], new])
+                start = r0 if have is new else r0 - 1
+                part = have[first - start:int(self.last_needed[j1 - 1]) + 1 - start]
+                mean = self._resample_rows(part, first, j0, j1)
+                argmax.update(mean)
+                if ent is not None:
+                    p = torch.from_numpy(mean)
+                    ent -= torch.xlogy(p, p)
+                del mean
+            self.carry[c] = new[-1:].copy()  # the next run's first output row may read it
+        if argmax is None:
+            return
+        z0 = self.box[0][0]
+        where = (slice(z0 + j0, z0 + j1),) + tuple(slice(lo, hi) for lo, hi in self.box[1:])
+        self.segmentation[where] = argmax.labels(self.label_values)
+        if ent is not None:
+            self.entropy[where] = ent.clamp_(min=0).numpy()
+        self.done = j1
+
+    def result(self) -> ExportedCase:
+        if self.done != len(self.first_needed):
+            raise RuntimeError(f"streamed export ended after {self.done} of {len(self.first_needed)} rows")
+        return ExportedCase(self.segmentation, None, self.entropy)
 
 
 def entropy_map(probabilities: np.ndarray | torch.Tensor) -> np.ndarray:

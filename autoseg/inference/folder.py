@@ -27,7 +27,8 @@ from autoseg.errors import UserError
 from autoseg.inference.case_outputs import CaseOutput
 from autoseg.inference.cases import InputCase, check_input_cases, find_input_cases
 from autoseg.inference.export import entropy_map, label_volumes_ml, write_prediction
-from autoseg.inference.predictor import CasePrediction, Inferred, Predictor, check_ensemble, finish, infer, prepare
+from autoseg.inference.predictor import (CasePrediction, Inferred, Predictor, check_ensemble, finish, infer, prepare,
+                                        stream, streams)
 from autoseg.postprocessing.ensemble import PROBABILITIES_SUFFIX
 
 # image formats that hold only 8-bit pixels: a float entropy map goes to TIFF instead
@@ -178,13 +179,19 @@ def predict_folder(
             image, geometry = read_channels(case.files)
         return geometry, prepare(predictors, image, geometry, case.case_id), image if keep_image else None
 
-    def export_and_write(case: InputCase, geometry: Geometry, inferred: Inferred, refined: tuple | None,
-                         image: np.ndarray | None) -> None:
-        if refined is not None:
-            refinement.write(first, case, geometry, inferred, refined[1], output_folder)
-            inferred = refined[0]
-        prediction = finish(predictors, inferred, postprocessing, entropy=uncertainty, probabilities=(
-            output_folder / f"{case.case_id}{PROBABILITIES_SUFFIX}" if save_probabilities else False))
+    def probabilities_file(case: InputCase) -> Path | bool:
+        return output_folder / f"{case.case_id}{PROBABILITIES_SUFFIX}" if save_probabilities else False
+
+    def export_and_write(case: InputCase, geometry: Geometry, inferred: Inferred | CasePrediction,
+                         refined: tuple | None, image: np.ndarray | None) -> None:
+        if isinstance(inferred, CasePrediction):  # streamed: exported already
+            prediction = inferred
+        else:
+            if refined is not None:
+                refinement.write(first, case, geometry, inferred, refined[1], output_folder)
+                inferred = refined[0]
+            prediction = finish(predictors, inferred, postprocessing, entropy=uncertainty,
+                                probabilities=probabilities_file(case))
         for out in outputs:  # before the label map, which is written last and marks the case done
             out.write(case, image, geometry, prediction, output_folder)
         write_case_outputs(output_folder, case.case_id, case.ending, prediction, geometry, save_probabilities,
@@ -199,9 +206,13 @@ def predict_folder(
             geometry, prepared, image = pending_reads.pop(0).result()
             if i + workers < len(todo):
                 pending_reads.append(reader.submit(read_and_prepare, todo[i + workers]))
-            inferred = infer(predictors, prepared)
+            refined = None
+            if refinement is None and streams(predictors, prepared, probabilities_file(case)):
+                inferred = stream(first, prepared, postprocessing, entropy=uncertainty)
+            else:
+                inferred = infer(predictors, prepared)
+                refined = refinement.refine(first, case, inferred) if refinement is not None else None
             del prepared
-            refined = refinement.refine(first, case, inferred) if refinement is not None else None
             if pending_write is not None:
                 pending_write.result()  # at most one case waits for export: bounds memory
             pending_write = writer.submit(export_and_write, case, geometry, inferred, refined, image)

@@ -13,6 +13,11 @@ across cases:
    over the predictors, and become label values (plus the chosen postprocessing). The
    original-grid probabilities exist only where a caller asks for them: written class by class
    to a file, or (the Python API) kept in memory.
+
+A large case of one configuration, when nobody asks for its probabilities, takes a shorter
+way (:func:`streams`, :func:`stream`): steps 2 and 3 run together, z rows at a time, so the
+``(K, Z, Y, X)`` probabilities never exist even on the preprocessed grid; the label map is the
+one steps 2 and 3 give, without their float16 rounding of the probabilities.
 """
 from __future__ import annotations
 
@@ -30,12 +35,16 @@ from autoseg.atomic import read_json
 from autoseg.dataset.imageio import Geometry
 from autoseg.device import resolve_device, resolve_precision
 from autoseg.errors import UserError
-from autoseg.inference.export import ExportMember, export_case, to_original_geometry
+from autoseg.inference.export import ExportMember, RowExport, export_case, to_original_geometry
 from autoseg.inference.sliding_window import predict_sliding_window
 from autoseg.networks import build_network
 from autoseg.planners.plans import Plans
 
 CHECKPOINTS = ("final", "best", "latest")
+# float32 bytes of a case's (K, Z, Y, X) preprocessed-grid probabilities above which it is streamed
+# (a module setting; tests lower it). Below it the whole-array path is as fast and keeps the
+# probabilities for whoever wants them.
+STREAM_BYTES = 1 << 30
 
 
 def fold_names(folds: Iterable[int | str] | str | int) -> list[str]:
@@ -146,14 +155,15 @@ class Predictor:
         data, _, properties = preprocess_case(image, None, geometry, self.plans, self.config, case_id=case_id)
         return data, properties
 
-    def predict_preprocessed(self, data: np.ndarray) -> torch.Tensor:
+    def predict_preprocessed(self, data: np.ndarray, on_rows=None) -> torch.Tensor | None:
         """``(K, z, y, x)`` probabilities on the preprocessed grid, folds averaged (float32, or
-        float16 for a large case: see :mod:`autoseg.inference.sliding_window`)."""
+        float16 for a large case: see :mod:`autoseg.inference.sliding_window`); with ``on_rows``
+        they are streamed to it z rows at a time instead."""
         return predict_sliding_window(self.networks, data, self.config.inference_patch, self.config.dim,
                                       self.plans.num_classes, overlap=self.overlap, tta=self.tta,
                                       mirror_axes=self.mirror_axes,
                                       device=self.device, autocast_dtype=self.autocast_dtype,
-                                      scratch_dir=self.scratch_dir)
+                                      scratch_dir=self.scratch_dir, on_rows=on_rows)
 
     def export(self, probabilities: torch.Tensor | np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """Preprocessed-grid probabilities -> ``(K, Z0, Y0, X0)`` float32 in the image's own grid
@@ -209,6 +219,34 @@ def infer(predictors: Sequence[Predictor], prepared: Prepared) -> Inferred:
     return [(p.predict_preprocessed(data).to(torch.float16), props) for p, (data, props) in zip(predictors, prepared)]
 
 
+def streams(predictors: Sequence[Predictor], prepared: Prepared, probabilities: bool | str | os.PathLike = False) -> bool:
+    """Whether :func:`stream` predicts this case: one configuration, no probabilities wanted, and
+    preprocessed-grid probabilities above :data:`STREAM_BYTES`."""
+    if len(predictors) != 1 or probabilities is not False or not RowExport.supports(predictors[0].config):
+        return False
+    data, _ = prepared[0]
+    return predictors[0].plans.num_classes * int(np.prod(data.shape[1:])) * 4 > STREAM_BYTES
+
+
+def stream(predictor: Predictor, prepared: Prepared, postprocessing: dict | None = None, *,
+           entropy: bool = False) -> CasePrediction:
+    """Steps 2 and 3 together, z rows at a time: the label map (and entropy) of :func:`finish`."""
+    data, properties = prepared[0]
+    rows = RowExport(properties, predictor.config, predictor.label_values, entropy=entropy)
+    predictor.predict_preprocessed(data, on_rows=rows)
+    exported = rows.result()
+    return CasePrediction(None, _postprocess(exported.segmentation, postprocessing, predictor.label_values),
+                          exported.entropy)
+
+
+def _postprocess(seg: np.ndarray, postprocessing: dict | None, label_values: Sequence[int]) -> np.ndarray:
+    if not postprocessing:
+        return seg
+    from autoseg.postprocessing.connected_components import apply_postprocessing
+
+    return apply_postprocessing(seg, postprocessing, label_values)
+
+
 def finish(predictors: Sequence[Predictor], inferred: Inferred, postprocessing: dict | None = None, *,
            probabilities: bool | str | os.PathLike = False, entropy: bool = False) -> CasePrediction:
     """Export to the image's grid class by class, average over the predictors, argmax, postprocess.
@@ -223,11 +261,7 @@ def finish(predictors: Sequence[Predictor], inferred: Inferred, postprocessing: 
     exported = export_case([p.export_member(probs, props) for p, (probs, props) in zip(predictors, inferred)],
                            predictors[0].label_values, probabilities_file=file,
                            keep_probabilities=probabilities is True, entropy=entropy)
-    seg = exported.segmentation
-    if postprocessing:
-        from autoseg.postprocessing.connected_components import apply_postprocessing
-
-        seg = apply_postprocessing(seg, postprocessing, predictors[0].label_values)
+    seg = _postprocess(exported.segmentation, postprocessing, predictors[0].label_values)
     return CasePrediction(exported.probabilities, seg, exported.entropy, file)
 
 
@@ -237,5 +271,8 @@ def predict_case(predictors: Sequence[Predictor], image: np.ndarray, geometry: G
     """One image ``(C, Z, Y, X)`` through every step, averaged over ``predictors`` (an ensemble);
     ``probabilities`` and ``entropy`` as in :func:`finish`."""
     check_ensemble(predictors)
-    return finish(predictors, infer(predictors, prepare(predictors, image, geometry, case_id)), postprocessing,
-                  probabilities=probabilities, entropy=entropy)
+    prepared = prepare(predictors, image, geometry, case_id)
+    if streams(predictors, prepared, probabilities):
+        return stream(predictors[0], prepared, postprocessing, entropy=entropy)
+    return finish(predictors, infer(predictors, prepared), postprocessing, probabilities=probabilities,
+                  entropy=entropy)

@@ -29,7 +29,7 @@ import itertools
 import math
 import os
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -155,7 +155,8 @@ def predict_sliding_window(
     mirror_axes: Sequence[int] | None = None,
     progress: bool = False,
     scratch_dir: str | os.PathLike | None = None,
-) -> torch.Tensor:
+    on_rows: RowsConsumer | None = None,
+) -> torch.Tensor | None:
     """Softmax probabilities ``(K, Z, Y, X)`` (on CPU) for a preprocessed ``(C, Z, Y, X)`` case.
 
     float32, or float16 for a case whose float32 accumulator would exceed
@@ -167,6 +168,12 @@ def predict_sliding_window(
     ``(Y, X)`` tiles; tiles of different slices share a batch. ``mirror_axes`` indexes the
     network's spatial axes (0..dim-1); default all. ``tile_batch_size`` tiles go through the
     network at once (times the number of mirrorings with ``tta``).
+
+    ``on_rows``: stream instead of returning. The accumulator then spans only the z rows that
+    tiles still reach (a ring of about two patch depths), and each time the tiles move past some
+    rows those rows are final: ``on_rows(r0, r1, rows)`` gets them, ``rows(c)`` being class ``c``'s
+    float32 ``(r1 - r0, Y, X)`` probabilities, the values the whole accumulator would have held.
+    Returns None then.
     """
     networks = list(network) if isinstance(network, (list, tuple)) else [network]
     device = torch.device(device)
@@ -213,25 +220,35 @@ def predict_sliding_window(
     gauss = gaussian_importance_map(patch_size).to(device)
     gauss_z = gauss[None] if dim == 2 else gauss  # (1, py, px) for 2D, as placed in (Z, Y, X)
 
+    starts = [list(range(padded[0])) if dim == 2 else tile_starts(padded[0], full_patch[0], overlap)]
+    starts += [tile_starts(padded[a], full_patch[a], overlap) for a in (1, 2)]
+    tiles = [tuple(slice(s, s + p) for s, p in zip(pos, full_patch)) for pos in itertools.product(*starts)]
+    batch_starts = list(range(0, len(tiles), tile_batch_size))
+
     # Accumulated on the image's own extent: tiles reaching into the padding are cut, so no
-    # second (K, Z, Y, X) array is needed to crop the padding off at the end.
+    # second (K, Z, Y, X) array is needed to crop the padding off at the end. Row z lives at
+    # z % depth: the whole extent, or a ring of the rows tiles still reach when streaming.
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
-    dtype = accumulator_dtype(num_classes, spatial)
+    final = [_final_rows(tiles, b0, before[0], spatial[0]) for b0 in batch_starts]  # before each batch
+    depth = spatial[0] if on_rows is None else _ring_depth(tiles, batch_starts, final, tile_batch_size, before[0],
+                                                           spatial[0])
+    window = (depth,) + spatial[1:]
+    dtype = accumulator_dtype(num_classes, window)
     running_mean = dtype == torch.float16
     acc = weight = None
     if device.type != "cpu":
         try:
-            acc = torch.zeros((num_classes,) + spatial, dtype=dtype, device=device)
-            weight = torch.zeros(spatial, dtype=torch.float32, device=device)
+            acc = torch.zeros((num_classes,) + window, dtype=dtype, device=device)
+            weight = torch.zeros(window, dtype=torch.float32, device=device)
         except torch.OutOfMemoryError:
             # A whole large volume may not fit beside the network on a GPU: accumulate on CPU.
             acc = weight = None
     if acc is None:
-        if running_mean and num_classes * math.prod(spatial) * 2 > disk_threshold():
-            acc = _disk_accumulator((num_classes,) + spatial, scratch_dir)
+        if running_mean and num_classes * math.prod(window) * 2 > disk_threshold():
+            acc = _disk_accumulator((num_classes,) + window, scratch_dir)
         else:
-            acc = torch.zeros((num_classes,) + spatial, dtype=dtype)
-        weight = torch.zeros(spatial, dtype=torch.float32)
+            acc = torch.zeros((num_classes,) + window, dtype=dtype)
+        weight = torch.zeros(window, dtype=torch.float32)
     acc_device = acc.device
     x_dev = x.to(device) if device.type != "cpu" else x
     # 2.5D networks (attribute context_slices = K) see each slice with its K // 2 neighbours either
@@ -247,20 +264,18 @@ def predict_sliding_window(
         x_dev = torch.cat([x_dev[:, :1]] * half + [x_dev] + [x_dev[:, -1:]] * half, dim=1)
     gauss_acc = gauss_z.to(acc_device)
 
-    starts = [list(range(padded[0])) if dim == 2 else tile_starts(padded[0], full_patch[0], overlap)]
-    starts += [tile_starts(padded[a], full_patch[a], overlap) for a in (1, 2)]
-    tiles = [tuple(slice(s, s + p) for s, p in zip(pos, full_patch)) for pos in itertools.product(*starts)]
 
     for n in networks:
         n.eval()
-    batches = range(0, len(tiles), tile_batch_size)
+    batches = enumerate(batch_starts)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="tiles", leave=False)
+        batches = tqdm(batches, total=len(batch_starts), desc="tiles", leave=False)
     autocast = torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     with torch.inference_mode(), autocast:
-        for b0 in batches:
+        done = 0  # rows before this are final (streamed already)
+        for i, b0 in batches:
             chunk = tiles[b0:b0 + tile_batch_size]
             if half:  # tile t covers slice z; in the edge-padded volume its neighbours are z .. z + 2 * half
                 inp = torch.stack([x_dev[:, t[0].start:t[0].start + context, t[1], t[2]].flatten(0, 1) for t in chunk])
@@ -285,26 +300,85 @@ def predict_sliding_window(
                 probs = probs.to(acc_device)
                 for t, p in zip(chunk, probs):
                     dst, src = _clip_tile(t, crop)
-                    g = gauss_acc[src]
-                    w = weight[dst] + g
-                    target = (slice(None),) + dst
-                    mean = acc[target].float()
-                    step = p[(slice(None),) + src] - mean
-                    step *= g / w
-                    mean += step
-                    acc[target] = mean  # cast into the float16 accumulator
-                    weight[dst] = w
+                    for ring, part in _ring_pieces(dst, src, depth):
+                        g = gauss_acc[part]
+                        w = weight[ring] + g
+                        target = (slice(None),) + ring
+                        mean = acc[target].float()
+                        step = p[(slice(None),) + part] - mean
+                        step *= g / w
+                        mean += step
+                        acc[target] = mean  # cast into the float16 accumulator
+                        weight[ring] = w
             else:
                 probs = probs.mul_(gauss_z).to(acc_device)
                 for t, p in zip(chunk, probs):
                     dst, src = _clip_tile(t, crop)
-                    acc[(slice(None),) + dst] += p[(slice(None),) + src]
-                    weight[dst] += gauss_acc[src]
+                    for ring, part in _ring_pieces(dst, src, depth):
+                        acc[(slice(None),) + ring] += p[(slice(None),) + part]
+                        weight[ring] += gauss_acc[part]
+            if on_rows is not None:
+                upto = final[i + 1] if i + 1 < len(final) else spatial[0]
+                if upto > done:
+                    _emit(on_rows, acc, weight, done, upto, depth, running_mean)
+                    done = upto
 
+    if on_rows is not None:
+        return None
     if not running_mean:
         acc /= weight  # in place, the weight broadcast over the classes: no second (K, Z, Y, X) array
     del weight
     return acc.cpu()
+
+
+RowsConsumer = Callable[[int, int, Callable[[int], np.ndarray]], None]
+
+
+def _final_rows(tiles: list[tuple[slice, ...]], b0: int, before_z: int, depth_z: int) -> int:
+    """Image rows below which no tile from ``tiles[b0]`` on reaches: final before batch ``b0``."""
+    if b0 >= len(tiles):
+        return depth_z
+    # tiles are z-major: no later tile starts lower
+    return min(max(tiles[b0][0].start - before_z, 0), depth_z)
+
+
+def _ring_depth(tiles: list[tuple[slice, ...]], batch_starts: list[int], final: list[int], batch: int,
+                before_z: int, depth_z: int) -> int:
+    """Rows the streaming accumulator needs: from the first unfinished row to the deepest a batch reaches."""
+    need = 1
+    for b0, lowest in zip(batch_starts, final):
+        reach = max(min(t[0].stop - before_z, depth_z) for t in tiles[b0:b0 + batch])
+        need = max(need, reach - lowest)
+    return min(need, depth_z)
+
+
+def _ring_pieces(dst: tuple[slice, ...], src: tuple[slice, ...], depth: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """A tile's rows ``dst[0]`` in a ring of ``depth`` rows: one or two (ring slice, tile slice) pieces."""
+    z0, z1 = dst[0].start, dst[0].stop
+    r0 = z0 % depth
+    if r0 + (z1 - z0) <= depth:
+        return [((slice(r0, r0 + z1 - z0),) + dst[1:], src)]
+    first = depth - r0
+    s0 = src[0].start
+    return [((slice(r0, depth),) + dst[1:], (slice(s0, s0 + first),) + src[1:]),
+            ((slice(0, z1 - z0 - first),) + dst[1:], (slice(s0 + first, src[0].stop),) + src[1:])]
+
+
+def _emit(on_rows: RowsConsumer, acc: torch.Tensor, weight: torch.Tensor, r0: int, r1: int, depth: int,
+          running_mean: bool) -> None:
+    """Hand rows ``[r0, r1)`` to the consumer class by class, then clear them in the ring for reuse."""
+    full = (slice(None), slice(None))
+    pieces = [p[0][0] for p in _ring_pieces((slice(r0, r1),) + full, (slice(0, r1 - r0),) + full, depth)]
+
+    def rows(c: int) -> np.ndarray:
+        parts = [acc[c, p].float() if running_mean else acc[c, p] / weight[p] for p in pieces]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out.cpu().numpy()
+
+    on_rows(r0, r1, rows)
+    for p in pieces:
+        acc[:, p] = 0
+        weight[p] = 0
 
 
 def _clip_tile(tile: tuple[slice, ...], crop: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:

@@ -325,3 +325,134 @@ def test_predict_folder_and_ensemble_with_a_float16_accumulator(setup, tmp_path,
     np.testing.assert_array_equal(read_label(ens / "case_001.nii.gz")[0],
                                   segmentation_from_probabilities(mean, [0, 1, 2]))
     np.testing.assert_array_equal(np.load(ens / "case_001_probabilities.npy"), mean.astype(np.float16))
+
+
+# ------------------------------------------------------------------ streaming z rows
+
+
+@pytest.mark.parametrize("dim,shape,patch,context", [
+    (3, (1, 37, 30, 28), (16, 16, 16), 1),
+    (3, (1, 6, 30, 28), (16, 16, 16), 1),  # thinner than the patch: padded
+    (2, (1, 9, 40, 33), (16, 16), 1),
+    (2, (1, 9, 20, 17), (16, 16), 3),  # 2.5D: neighbouring slices as channels
+])
+@pytest.mark.parametrize("float16", [False, True])
+def test_streamed_rows_equal_the_whole_accumulator(monkeypatch, dim, shape, patch, context, float16):
+    if float16:
+        monkeypatch.setattr(sliding_window, "FLOAT16_ACCUMULATOR_BYTES", 0)
+    torch.manual_seed(0)
+    conv = (nn.Conv3d(1, 5, 3, padding=1) if dim == 3 else nn.Conv2d(context, 5, 3, padding=1))
+    conv.context_slices = context
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    whole = predict_sliding_window(conv, x, patch, dim, 5, tta=True).float().numpy()
+    got = np.full_like(whole, np.nan)
+    runs = []
+
+    def on_rows(r0, r1, rows):
+        assert r0 == (runs[-1][1] if runs else 0)  # consecutive, each row once
+        runs.append((r0, r1))
+        for c in range(5):
+            got[c, r0:r1] = rows(c)
+
+    assert predict_sliding_window(conv, x, patch, dim, 5, tta=True, on_rows=on_rows) is None
+    assert runs[-1][1] == shape[1]
+    np.testing.assert_array_equal(got, whole)
+    if dim == 3 and shape[1] > 2 * patch[0]:
+        assert len(runs) > 2  # rows left as the tiles moved on, not all at the end
+
+
+@pytest.mark.parametrize("spacing,separate_axis,image_spacing", [
+    ((1.0, 1.0, 1.0), None, (1.0, 1.0, 1.0)),
+    ((1.3, 0.7, 0.9), None, (1.0, 1.0, 1.0)),
+    ((0.5, 1.0, 1.0), None, (1.0, 1.0, 1.0)),  # more rows than the image
+    ((4.0, 0.8, 0.8), 0, (2.5, 1.0, 1.0)),  # thick slices, nearest along z
+    ((1.0, 1.5, 1.0), 1, (1.0, 1.0, 1.0)),
+])
+def test_row_export_equals_export_case(spacing, separate_axis, image_spacing):
+    from autoseg.inference.export import RowExport
+
+    values = (0, 3, 7)
+    plans = make_plans(spacing, label_values=values, separate_axis=separate_axis)
+    cfg = next(iter(plans.configurations.values()))
+    image, _ = framed_case(shape=(30, 26, 22), label_values=values)
+    geometry = Geometry(image_spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), 3)
+    data, _, props = preprocess_case(image, None, geometry, plans, cfg)
+    torch.manual_seed(1)
+    conv = nn.Conv3d(1, 3, 3, padding=1)
+    probs = predict_sliding_window(conv, data, [8, 8, 8], 3, 3, tta=False)
+    reference = export_case([ExportMember(probs, props, cfg)], values, entropy=True)
+    rows = RowExport(props, cfg, values, entropy=True)
+    predict_sliding_window(conv, data, [8, 8, 8], 3, 3, tta=False, on_rows=rows)
+    got = rows.result()
+    assert set(np.unique(reference.segmentation)) == set(values)  # every label and the crop's outside
+    np.testing.assert_array_equal(got.segmentation, reference.segmentation)
+    assert got.segmentation.dtype == reference.segmentation.dtype
+    np.testing.assert_array_equal(got.entropy, reference.entropy)
+
+
+def test_large_cases_are_streamed_with_the_same_labels(setup, tmp_path, monkeypatch):
+    from autoseg.inference import predictor as predictor_module
+
+    raw, _, model = setup
+    predictor = Predictor.from_model_folder(model, folds=(0, 1), device="cpu", tta=True, precision="fp32")
+    image, geometry = read_image(raw / "imagesTr" / "case_000.nii.gz")
+    prepared = prepare([predictor], image, geometry)
+    assert not predictor_module.streams([predictor], prepared)  # small: the whole-array path
+    exact = tmp_path / "exact"
+    predict_folder([predictor], raw / "imagesTr", exact, uncertainty=True)
+    monkeypatch.setattr(predictor_module, "STREAM_BYTES", 0)
+    assert predictor_module.streams([predictor], prepared)
+    assert not predictor_module.streams([predictor], prepared, probabilities=True)  # they are wanted
+    assert not predictor_module.streams([predictor, predictor], prepared * 2)  # an ensemble of configurations
+    streamed = tmp_path / "streamed"
+    calls = []
+    monkeypatch.setattr(predictor_module, "infer", lambda *a: calls.append(a))  # the whole-array path is not taken
+    predict_folder([predictor], raw / "imagesTr", streamed, uncertainty=True)
+    assert not calls
+    from autoseg.dataset.imageio import read_label
+
+    for cid in ("case_000", "case_001", "case_002"):
+        img, geo = read_image(raw / "imagesTr" / f"{cid}.nii.gz")
+        data, props = prepare([predictor], img, geo)[0]
+        # the whole-array path on float32 probabilities: bit for bit what streaming gives
+        reference = export_case([ExportMember(predictor.predict_preprocessed(data), props, predictor.config)],
+                                predictor.label_values, entropy=True)
+        got = read_label(streamed / f"{cid}.nii.gz")[0]
+        np.testing.assert_array_equal(got, reference.segmentation)
+        np.testing.assert_array_equal(read_image(streamed / f"{cid}_entropy.nii.gz")[0][0], reference.entropy)
+        # the whole-array path rounds the probabilities to float16 while they wait for export: a
+        # random network's near-ties may flip a voxel or two
+        assert np.mean(got != read_label(exact / f"{cid}.nii.gz")[0]) < 5e-3
+    assert (streamed / "volumes.csv").read_text().splitlines()[0] == (exact / "volumes.csv").read_text().splitlines()[0]
+    api = predict_case([predictor], image, geometry)
+    np.testing.assert_array_equal(api.segmentation, read_label(streamed / "case_000.nii.gz")[0])
+
+
+def test_streaming_memory_does_not_grow_with_classes_times_volume(monkeypatch):
+    """The accumulator spans a ring of rows; the export holds a run of rows of one class."""
+    from autoseg.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "STREAM_BYTES", 0)
+    allocated = []
+    zeros = torch.zeros
+
+    def recording_zeros(*args, **kwargs):
+        out = zeros(*args, **kwargs)
+        allocated.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(torch, "zeros", recording_zeros)
+    shape, k = (128, 40, 40), 48
+    plans = make_plans((1.0, 1.0, 1.0), label_values=tuple(range(k)), patch=(8, 8, 8))
+    torch.manual_seed(0)
+    predictor = Predictor(plans, "3d_fullres", [nn.Conv3d(1, k, 1)], device="cpu", tta=False, precision="fp32")
+    image = np.random.default_rng(0).random((1,) + shape, dtype=np.float32)
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), 3)
+    tracemalloc.start()
+    predict_case([predictor], image, geometry)
+    numpy_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    volume = int(np.prod(shape)) * 4
+    whole = k * volume  # the (K, Z, Y, X) float32 accumulator of the whole-array path
+    assert max(allocated) <= k * 12 * 40 * 40 * 4 < whole / 8  # 12 rows: the tiles' reach (8) and a step (4)
+    assert numpy_peak < 4 * volume < whole / 10, (numpy_peak, volume)  # the label map and a run of rows
