@@ -27,6 +27,7 @@ from autoseg.errors import UserError
 from autoseg.inference.case_outputs import CaseOutput
 from autoseg.inference.cases import InputCase, check_input_cases, find_input_cases
 from autoseg.inference.export import entropy_map, label_volumes_ml, write_prediction
+from autoseg.inference.memory_estimate import check_memory
 from autoseg.inference.predictor import (CasePrediction, Inferred, Predictor, check_ensemble, finish, infer, prepare,
                                         stream, streams)
 from autoseg.postprocessing.ensemble import PROBABILITIES_SUFFIX
@@ -138,6 +139,8 @@ def predict_folder(
     output_folder = Path(output_folder)
     cases = find_input_cases(input_folder, first.num_channels, dicom_identifiers)
     check_input_cases(cases, first.num_channels)
+    check_memory(predictors, cases, probabilities=save_probabilities, entropy=uncertainty,
+                 scratch_dir=first.scratch_dir)
     outputs = list(outputs)
     for out in outputs:
         out.check(cases)
