@@ -16,9 +16,9 @@ import re
 import struct
 import tempfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,10 +47,10 @@ class Geometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
+    def from_dict(cls, d: dict) -> Geometry:
         return cls(tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]), int(d["file_ndim"]))
 
-    def matches(self, other: "Geometry", tol: float = 1e-3) -> list[str]:
+    def matches(self, other: Geometry, tol: float = 1e-3) -> list[str]:
         """Differences beyond ``tol`` (relative for spacing, absolute mm for origin) as readable text."""
         problems = []
         if not np.allclose(self.spacing, other.spacing, rtol=tol, atol=tol):
@@ -75,22 +75,116 @@ def split_ending(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+@dataclass(frozen=True)
+class Header:
+    """What a file's header declares, read before its pixels: ``ndim`` is the file's own number
+    of axes (4 for an MSD multi-channel or a time series), ``size`` in ITK order (x, y, z, ...)."""
+
+    ndim: int
+    size: tuple[int, ...]
+    components: int
+    pixel_type: str
+
+
+def _read_sitk(path: Path) -> tuple[sitk.Image, Header]:
     if not path.exists():
+        if path.is_symlink():
+            raise ImageReadError(f"{path}: broken symlink to {os.readlink(path)}")
         raise ImageReadError(f"{path}: file does not exist")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                raise ImageReadError(f"{path}: folder holds no DICOM series")
-            reader.SetFileNames(files)
-            return reader.Execute()
-        return sitk.ReadImage(str(path))
+            return _read_series(path)
+        reader = _header_reader(path)
+        if reader is None:  # a NIfTI header, checked already: ITK's own header pass would double the cost
+            img = sitk.ReadImage(str(path))
+            header = _image_header(img)
+            _check_header(path, header)
+            return img, header
+        header = Header(reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents(),
+                        sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        _check_header(path, header)
+        return reader.Execute(), header
     except ImageReadError:
         raise
-    except Exception as e:  # SimpleITK raises RuntimeError with a long ITK trace
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to read the image") from None
+    except Exception as e:  # noqa: BLE001 - SimpleITK raises RuntimeError with a long ITK trace
         raise ImageReadError(f"{path}: unreadable or truncated image file ({_itk_reason(str(e))})") from None
+
+
+def _read_series(path: Path) -> tuple[sitk.Image, Header]:
+    if split_ending(path.name) is not None:  # imagesTr/case.nii.gz made a folder by mistake
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    reader = sitk.ImageSeriesReader()
+    files = reader.GetGDCMSeriesFileNames(str(path))
+    if not files:
+        raise ImageReadError(f"{path}: folder holds no DICOM series")
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    return img, _image_header(img)
+
+
+def _image_header(img: sitk.Image) -> Header:
+    return Header(img.GetDimension(), tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel(),
+                  img.GetPixelIDTypeAsString())
+
+
+def _header_reader(path: Path) -> sitk.ImageFileReader | None:
+    """A reader that has read ``path``'s header only, after the checks that need no ITK:
+    readable, not empty, and for NIfTI a sane header that its bytes fill (then None: that
+    header needs no second reading)."""
+    try:
+        with open(path, "rb"):
+            pass
+        size = path.stat().st_size
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied: the file cannot be read") from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot be opened ({e.strerror or e})") from None
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    if _check_nifti(path):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+_MAX_DIMENSION = 4  # 2D, 3D, and 4D whose 4th axis holds channels
+
+
+def _check_header(path: Path, header: Header) -> None:
+    """Refuse what cannot be read as ``(C, Z, Y, X)`` or would not fit memory, before reading pixels."""
+    if header.ndim > _MAX_DIMENSION:
+        raise ImageReadError(f"{path}: image has {header.ndim} axes (size {' x '.join(map(str, header.size))}); "
+                             "autoseg reads 2D, 3D and 4D (channels along the 4th axis) images")
+    bits = re.match(r"(?:vector of )?(\d+)-bit", header.pixel_type)
+    nbytes = int(np.prod(header.size, dtype=np.float64)) * header.components * (int(bits.group(1)) // 8 if bits else 8)
+    _check_fits_memory(path, header.size, nbytes)
+
+
+def _check_fits_memory(path: Path, size: Sequence[int], nbytes: int) -> None:
+    available = _physical_memory()
+    if nbytes > available:
+        raise ImageReadError(
+            f"{path}: header declares a {' x '.join(map(str, size))} image ({_human(nbytes)} of pixels), more "
+            f"than this machine's memory ({_human(available)}): a corrupt header, or not an image autoseg can read")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: only absurd sizes are refused
+        return 1 << 42
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} PB"
 
 
 _ITK_PREFIX = re.compile(r"^(sitk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?|^\[\w+\]\s*")
@@ -114,6 +208,9 @@ class _NiftiHeader:
     bitpix: int
     vox_offset: int
     num_voxels: int
+    dim: tuple[int, ...]
+    pixdim: tuple[float, ...]
+    affine: tuple[float, ...] = ()  # NIfTI-1 qform (quaternion, offset) and sform rows that ITK will use
 
     @property
     def expected_bytes(self) -> int:
@@ -129,20 +226,29 @@ def _nifti_header(head: bytes) -> _NiftiHeader | None:
         if size == 348:
             dim = struct.unpack(endian + "8h", head[40:56])
             datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            pixdim = struct.unpack(endian + "8f", head[76:108])
             offset = struct.unpack(endian + "f", head[108:112])[0]
+            qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+            affine = (struct.unpack(endian + "6f", head[256:280]) if qform_code > 0 else ()) + (
+                struct.unpack(endian + "12f", head[280:328]) if sform_code > 0 else ())
             break
         if size == 540 and len(head) >= 540:
             datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
+            pixdim = struct.unpack(endian + "8d", head[104:168])
             offset = struct.unpack(endian + "q", head[168:176])[0]
+            affine = ()
             break
     else:
         return None
     ndim = dim[0]
     if not 1 <= ndim <= 7 or bitpix <= 0 or any(d <= 0 for d in dim[1:ndim + 1]):
         return None
-    nvox = int(np.prod([int(d) for d in dim[1:ndim + 1]], dtype=np.int64))
-    return _NiftiHeader(endian, int(datatype), int(bitpix), int(offset), nvox)
+    # float: a corrupt header's product overflows int64
+    nvox = int(np.prod([float(d) for d in dim[1:ndim + 1]]))
+    return _NiftiHeader(endian, int(datatype), int(bitpix), int(offset), nvox,
+                        tuple(int(d) for d in dim[1:ndim + 1]), tuple(float(v) for v in pixdim[1:ndim + 1]),
+                        tuple(float(v) for v in affine))
 
 
 def _open_nifti(path: Path):
@@ -205,21 +311,40 @@ def _gzip_payload_size(path: Path) -> int:
     return total
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI file shorter than its header says.
+def _check_nifti(path: Path) -> bool:
+    """Refuse a NIfTI file whose header ITK would misread silently or which its bytes do not fill.
 
-    ITK reads a truncated ``.nii``/``.nii.gz`` without complaint and fills the missing voxels
-    with zeros, which would silently train on half-empty images.
+    ITK reads a zero or NaN voxel size as 1 and a negative one as a flipped axis, and it reads
+    a truncated ``.nii``/``.nii.gz`` without complaint, filling the missing voxels with zeros:
+    each would silently train on wrong data. A header that is not NIfTI is left to ITK (False).
     """
     if not _is_nifti(path):
-        return
-    compressed = path.name.lower().endswith(".gz")
+        return False
     try:
         with _open_nifti(path) as f:
             header = _nifti_header(f.read(540))
-        if header is None:
-            return
-        expected = header.expected_bytes
+    except (OSError, EOFError, zlib.error):
+        return False  # not gzip or not NIfTI after all: ITK says what it is
+    if header is None:
+        return False
+    spatial = header.pixdim[:3]
+    bad = [i for i, v in enumerate(spatial) if not (np.isfinite(v) and v > 0)]
+    if bad:
+        axes = ", ".join(f"{'xyz'[i]} = {spatial[i]:g}" for i in bad)
+        raise ImageReadError(f"{path}: invalid voxel spacing in the NIfTI header (pixdim {axes}): "
+                             "every voxel size must be a positive number")
+    if not np.isfinite(header.affine).all():
+        raise ImageReadError(f"{path}: the NIfTI header's origin or orientation (qform/sform) holds NaN or "
+                             "infinite values")
+    _check_fits_memory(path, header.dim, header.expected_bytes - header.vox_offset)
+    _check_nifti_complete(path, header)
+    return True
+
+
+def _check_nifti_complete(path: Path, header: _NiftiHeader) -> None:
+    compressed = path.name.lower().endswith(".gz")
+    expected = header.expected_bytes
+    try:
         if not compressed:
             actual = path.stat().st_size
         else:
@@ -293,15 +418,35 @@ def array_to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read an image as ``(C, Z, Y, X)`` plus its geometry (see :func:`image_to_array`)."""
+    arr, geometry, _ = read_image_with_header(path)
+    return arr, geometry
+
+
+def read_image_with_header(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, Header]:
+    """:func:`read_image` plus what the file's header declared (its own number of axes, ...).
+
+    The header is checked before any pixel is read: a size that would not fit memory, a
+    NIfTI voxel size ITK would misread, a file shorter than its header; then the geometry.
+    """
     path = Path(path)
-    img = _read_sitk(path)
-    _check_nifti_complete(path)
+    img, header = _read_sitk(path)
     try:
-        return image_to_array(img)
+        arr, geometry = image_to_array(img)
     except ValueError as e:
         raise ImageReadError(f"{path}: {e}") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - ITK's errors for undecodable pixels have no common type
         raise ImageReadError(f"{path}: pixel data could not be decoded ({e})") from None
+    _check_geometry(path, geometry)
+    return arr, geometry, header
+
+
+def _check_geometry(path: Path, geometry: Geometry) -> None:
+    if not all(np.isfinite(v) and v > 0 for v in geometry.spacing):
+        raise ImageReadError(f"{path}: invalid voxel spacing {fmt(geometry.spacing)} (z, y, x): "
+                             "every voxel size must be a positive number")
+    if not np.isfinite(geometry.origin).all() or not np.isfinite(geometry.direction).all():
+        raise ImageReadError(f"{path}: origin {fmt(geometry.origin)} or direction {fmt(geometry.direction)} "
+                             "is not finite")
 
 
 def read_channels(files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
@@ -379,7 +524,7 @@ def read_header(path: str | os.PathLike) -> tuple[int, tuple[int, ...], tuple[fl
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - SimpleITK raises RuntimeError with a long ITK trace
         first = str(e).strip().splitlines()
         raise ImageReadError(f"{path}: unreadable image file ({(first[-1] if first else '')[:200]})") from None
     dim = reader.GetDimension()

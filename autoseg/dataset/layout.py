@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from autoseg.dataset.imageio import IMAGE_2D_ENDINGS, split_ending
 from autoseg.errors import DatasetError, Problem
@@ -103,12 +104,45 @@ def _parse_labels(raw: dict, name_to_value: bool, problems: list[Problem]) -> di
             f = float(key)
             if f != int(f):
                 raise ValueError
+            if f < 0:
+                problems.append(Problem(f"label value {int(f)} for '{val}' is negative; label values must be 0 or "
+                                        "positive integers", None, "dataset.json"))
+                continue
             labels[int(f)] = str(val)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(Problem(f"label value '{key}' for '{val}' is not an integer", None, "dataset.json"))
     if labels and 0 not in labels:
         problems.append(Problem("labels must declare the background value 0", None, "dataset.json"))
     return labels
+
+
+_JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
+               type(None): "null"}
+
+
+def _read_dataset_json(djson: Path, root: Path) -> dict:
+    """The parsed ``dataset.json``; any reason it cannot be used raises, naming the place in it."""
+    def fail(message: str) -> NoReturn:
+        raise DatasetError([Problem(message, None, str(djson))], root)
+
+    try:
+        raw = djson.read_bytes()
+    except OSError as e:
+        fail(f"dataset.json cannot be read ({e.strerror or e})")
+    if not raw.strip():
+        fail("dataset.json is empty")
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from Windows editors is harmless
+    except UnicodeDecodeError as e:
+        fail(f"dataset.json is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} cannot be "
+             "decoded; save the file as UTF-8")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        fail(f"dataset.json is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}")
+    if not isinstance(meta, dict):
+        fail(f"dataset.json must hold a JSON object {{...}} at its top level, not {_JSON_TYPES.get(type(meta), 'that')}")
+    return meta
 
 
 def load_dataset(root: str | os.PathLike) -> DatasetSpec:
@@ -119,12 +153,7 @@ def load_dataset(root: str | os.PathLike) -> DatasetSpec:
         raise DatasetError([Problem("dataset folder does not exist", None, str(root))], root)
     if not djson.is_file():
         raise DatasetError([Problem("dataset.json is missing", None, str(djson))], root)
-    try:
-        meta = json.loads(djson.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError([Problem(f"dataset.json is not valid JSON ({e})", None, str(djson))], root) from None
-    if not isinstance(meta, dict):
-        raise DatasetError([Problem("dataset.json must hold a JSON object", None, str(djson))], root)
+    meta = _read_dataset_json(djson, root)
 
     problems: list[Problem] = []
     if "channel_names" in meta and "file_ending" in meta:
@@ -140,6 +169,8 @@ def load_dataset(root: str | os.PathLike) -> DatasetSpec:
     ids = [c.case_id for c in spec.cases]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(Problem(f"case id appears {ids.count(dup)} times", dup, "dataset.json"))
+    problems.extend(_shared_files(root, spec.cases))
+    problems.extend(_link_problems(root, spec.cases))
     group_regex = meta.get("group_regex")
     if group_regex is not None:
         try:
@@ -150,6 +181,61 @@ def load_dataset(root: str | os.PathLike) -> DatasetSpec:
     spec.group_regex = group_regex
     spec.problems = problems
     return spec
+
+
+def _shared_files(root: Path, cases: list[Case]) -> list[Problem]:
+    """One file used by cases with different ids: the same scan twice, in training and validation."""
+    users: dict[Path, list[str]] = {}
+    for case in cases:
+        for f in [*case.image_files, *([case.label_file] if case.label_file else [])]:
+            ids = users.setdefault(Path(os.path.realpath(f)), [])
+            if case.case_id not in ids:
+                ids.append(case.case_id)
+    problems = []
+    for real, ids in users.items():
+        if len(ids) > 1:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            problems.append(Problem(f"the same file is used by {len(ids)} cases ({shown}); each case needs its own "
+                                    "files", None, _relative(real, root)))
+    return problems
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _link_problems(root: Path, cases: list[Case]) -> list[Problem]:
+    """Case files that are symlinks leading out of the dataset folder, or nowhere.
+
+    A linked ``imagesTr``/``labelsTr`` folder (data on another disk) is a deliberate setup, so a
+    file link may lead anywhere inside the folder that really holds it; a link to a file elsewhere
+    would read data nobody listed, and a broken link is a file that is gone.
+    """
+    problems = []
+    for case in cases:
+        for f in [*case.image_files, *([case.label_file] if case.label_file else [])]:
+            if not f.is_symlink():
+                continue
+            target = Path(os.path.realpath(f))
+            rel = _relative(f, root)
+            if not target.exists():
+                problems.append(Problem(f"broken symlink: it points to {os.readlink(f)}, which does not exist",
+                                        case.case_id, rel))
+            elif not any(_within(target, base) for base in (root, Path(os.path.realpath(f.parent)))):
+                problems.append(Problem(f"symlink points outside the dataset folder, to {target}; copy the file "
+                                        "in, or link the whole folder", case.case_id, rel))
+    return problems
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
 
 
 def _channel_list(raw, key: str, problems: list[Problem]) -> list[str]:
@@ -193,7 +279,7 @@ def _load_msd(root: Path, meta: dict, problems: list[Problem]) -> DatasetSpec:
         cases.append(Case(case_id, [img], lab))
     _report_unlisted(root, "imagesTr", listed_images, problems)
     _report_unlisted(root, "labelsTr", listed_labels, problems)
-    ending = sorted(endings)[0] if endings else ".nii.gz"
+    ending = min(endings) if endings else ".nii.gz"
     is_2d = str(meta.get("tensorImageSize", "")).upper() == "2D" or ending.lower() in IMAGE_2D_ENDINGS
     return DatasetSpec(root, str(meta.get("name") or root.name), "msd", channel_names, labels, ending, cases, is_2d)
 

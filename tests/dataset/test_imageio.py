@@ -9,8 +9,14 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.dataset import imageio
+from autoseg.dataset.imageio import (
+    Geometry,
+    count_nonfinite_nifti,
+    read_image,
+    read_label,
+    write_image,
+)
 from autoseg.errors import ImageReadError
-from autoseg.dataset.imageio import Geometry, count_nonfinite_nifti, read_image, read_label, write_image
 
 # An oblique direction: 30 degrees about z, then 10 about x (ITK row-major 3x3).
 _a, _b = np.deg2rad(30), np.deg2rad(10)
@@ -42,8 +48,8 @@ def test_3d_round_trip_keeps_geometry(tmp_path, ending, direction):
 def test_mhd_header_points_at_its_final_data_file(tmp_path):
     write_image(np.zeros((2, 3, 4), np.int16), Geometry((1.0, 1.0, 1.0), (0, 0, 0), AXIS_ALIGNED, 3), tmp_path / "a.mhd")
     header = (tmp_path / "a.mhd").read_text(errors="replace")
-    data_line = [line for line in header.splitlines() if line.startswith("ElementDataFile")][0]
-    assert data_line.split("=")[1].strip() == sorted(p.name for p in tmp_path.iterdir() if p.name != "a.mhd")[0]
+    data_line = next(line for line in header.splitlines() if line.startswith("ElementDataFile"))
+    assert data_line.split("=")[1].strip() == min(p.name for p in tmp_path.iterdir() if p.name != "a.mhd")
     assert "partial" not in header
 
 

@@ -197,7 +197,8 @@ def test_channel_count_differs_from_declared_and_between_cases(tmp_path):
     arr = sitk.GetArrayFromImage(like)
     sitk.WriteImage(four_d([arr, arr]), str(root / IMG1))
     problems = verify(root)
-    only(problems, "case_001", IMG1, "image has 2 channel(s) but dataset.json 'modality' declares 1 (MRI)")
+    only(problems, "case_001", IMG1, "image is 4D with 2 volumes along its 4th axis (time points or channels) but "
+         "dataset.json 'modality' declares 1 channel(s) (MRI)")
     cross = [p for p in problems if p.case_id is None and "channel count differs between cases" in p.message]
     assert cross and "2 channel(s) in 1 case(s) (case_001)" in cross[0].message
 
@@ -406,7 +407,8 @@ def test_nnunetv2_channel_files_must_share_geometry_and_be_single_channel(tmp_pa
     problems = verify(root)
     only(problems, "case_001", "imagesTr/case_001_0001.nii.gz",
          "channel 0 (case_001_0000.nii.gz) spacing (1, 1, 1) differs from channel file spacing (1, 1, 2)")
-    only(problems, "case_000", "imagesTr/case_000_0000.nii.gz", "channel file has 2 channels")
+    only(problems, "case_000", "imagesTr/case_000_0000.nii.gz",
+         "channel file is 4D with 2 volumes along its 4th axis; the nnU-Net v2 layout needs one 3D file per channel")
 
 
 def test_nnunetv2_extra_and_missing_label(tmp_path):
