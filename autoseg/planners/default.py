@@ -24,8 +24,8 @@ from autoseg.planners.plans import (
 from autoseg.planners.topology import (
     HYBRID_FIRST_SKIP_STAGE,
     MIN_SIZE_TO_POOL,
-    RESERVED_BYTES,
     _stage_voxels,
+    activation_memory_bytes,
     fit_patch,
     total_stride,
     training_flops,
@@ -75,18 +75,34 @@ def oriented_axes(centroids: list[dict[int, list[float]]], agreement: float = MI
     which the network must then also learn.
     """
     labels = sorted({v for case in centroids for v in case})
-    oriented: set[int] = set()
-    for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
-            diffs = np.array([np.subtract(case[b], case[a]) for case in centroids if a in case and b in case])
-            if len(diffs) < min_cases:
-                continue
-            for axis in range(diffs.shape[1]):
-                positive = float(np.mean(diffs[:, axis] > 0))
-                negative = float(np.mean(diffs[:, axis] < 0))
-                if max(positive, negative) >= agreement:
-                    oriented.add(axis)
-    return sorted(oriented)
+    if len(labels) < 2:
+        return []
+    position = {v: i for i, v in enumerate(labels)}
+    dims = max(len(p) for case in centroids for p in case.values())
+    if dims == 0:
+        return []
+    # (cases, classes, axes), NaN where a case lacks the class: comparisons with NaN are false, so
+    # the sums below count only the cases that hold both classes of a pair
+    table = np.full((len(centroids), len(labels), dims), np.nan)
+    for c, case in enumerate(centroids):
+        for v, p in case.items():
+            table[c, position[v], :len(p)] = p
+    present = (~np.isnan(table[:, :, 0])).astype(np.float64)
+    both = present.T @ present
+    pair = np.triu(both >= min_cases, k=1)
+    oriented = []
+    # cases per chunk: a (chunk, K, K) comparison stays near 4 M elements with hundreds of classes
+    chunk = max(1, (1 << 22) // (len(labels) ** 2))
+    for axis in range(dims):
+        positive, negative = np.zeros_like(both), np.zeros_like(both)
+        for start in range(0, len(centroids), chunk):
+            x = table[start:start + chunk, :, axis]
+            positive += (x[:, None, :] > x[:, :, None]).sum(axis=0)  # [a, b]: b after a along the axis
+            negative += (x[:, None, :] < x[:, :, None]).sum(axis=0)
+        agree = np.maximum(positive, negative) >= agreement * np.maximum(both, 1)
+        if np.any(pair & agree):
+            oriented.append(axis)
+    return oriented
 
 
 def object_sizes(cases: Sequence[CaseFingerprint], in_plane: bool) -> np.ndarray:
@@ -178,10 +194,11 @@ class DefaultPlanner(Planner):
             if hybrid:
                 flops += hybrid_skip_flops(topology, patch, batch)
             return flops
-        memory = training_memory_bytes(topology, patch, batch)
+        # the K-channel outputs count too: with a hundred classes they rival the network's activations
+        memory = training_memory_bytes(topology, patch, batch, len(self.fingerprint.label_values))
         if hybrid:
             # skip modules keep ~14 activations of f channels per skip voxel (pooled maps, bottlenecks)
-            memory += (training_memory_bytes(topology, patch, batch) - RESERVED_BYTES) * 0.5
+            memory += activation_memory_bytes(topology, patch, batch) * 0.5
         return memory
 
     def budget(self, dim: int) -> float:

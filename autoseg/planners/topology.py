@@ -5,7 +5,8 @@ Pure functions, shared by every planner:
 * :func:`plan_topology`: stages, per-axis pooling strides and kernel sizes for a patch.
 * :func:`fit_patch`: grow a patch until every axis divides by the network's total stride.
 * :func:`training_flops` / :func:`training_memory_bytes`: rough cost of one training
-  iteration, which planners compare against a compute or memory budget.
+  iteration, which planners compare against a compute or memory budget; the memory counts the
+  network's K output channels, so a hundred-class plan gets a smaller patch or batch.
 """
 from __future__ import annotations
 
@@ -146,14 +147,35 @@ def training_flops(topology: NetworkTopology, patch_size: Sequence[int], batch_s
 # usual 8 GB plan (128^3 patch, batch 2, 32-320 features) just fits.
 BYTES_PER_ACTIVATION = 9.0
 RESERVED_BYTES = 1.0e9  # CUDA context, cuDNN workspace, weights and optimizer state
+# Per class and output voxel: the logits and their gradient in half precision (2 + 2 bytes), the
+# loss's float32 softmax and log-softmax (4 + 4). The target stays one integer map, never one-hot
+# (autoseg.trainers.losses), so it does not grow with the classes.
+BYTES_PER_OUTPUT_ELEMENT = 12.0
 
 
-def training_memory_bytes(topology: NetworkTopology, patch_size: Sequence[int], batch_size: int) -> float:
-    """Rough GPU memory of one training iteration: activations of every conv, encoder and decoder."""
+def activation_memory_bytes(topology: NetworkTopology, patch_size: Sequence[int], batch_size: int) -> float:
+    """Activations of every conv, encoder and decoder, kept for one training iteration's backward."""
     f = topology.features_per_stage
     voxels = _stage_voxels(topology, patch_size)
     elements = 0.0
     for s in range(topology.n_stages):
         sides = 1 if s == topology.n_stages - 1 else 2  # the bottleneck has no decoder stage
         elements += voxels[s] * f[s] * topology.n_conv_per_stage * sides
-    return elements * batch_size * BYTES_PER_ACTIVATION + RESERVED_BYTES
+    return elements * batch_size * BYTES_PER_ACTIVATION
+
+
+def output_memory_bytes(topology: NetworkTopology, patch_size: Sequence[int], batch_size: int,
+                        num_classes: int) -> float:
+    """The K-channel outputs of one training iteration: full resolution and every deep-supervision
+    output (one per decoder stage), :data:`BYTES_PER_OUTPUT_ELEMENT` per class and voxel."""
+    voxels = _stage_voxels(topology, patch_size)
+    heads = voxels[:-1] or voxels  # the bottleneck has no head; a one-stage network has one output
+    return float(sum(heads)) * num_classes * batch_size * BYTES_PER_OUTPUT_ELEMENT
+
+
+def training_memory_bytes(topology: NetworkTopology, patch_size: Sequence[int], batch_size: int,
+                          num_classes: int) -> float:
+    """Rough GPU memory of one training iteration: activations, the ``num_classes`` outputs
+    (label values, background included), and what CUDA reserves."""
+    return (activation_memory_bytes(topology, patch_size, batch_size)
+            + output_memory_bytes(topology, patch_size, batch_size, num_classes) + RESERVED_BYTES)

@@ -10,6 +10,9 @@ A postprocessing *spec* is plain JSON::
 applied in that order: first the whole foreground is reduced to its largest component (voxels
 of every class outside it become background), then each listed label value keeps only its own
 largest component (removed voxels become background).
+
+The per-class step works inside each class's bounding box (one pass over the volume finds all
+of them), so a hundred classes do not cost a hundred full-volume labellings.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from typing import Iterable
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from autoseg.evaluation.metrics import class_boxes, class_index_map
 
 NO_POSTPROCESSING: dict = {"foreground_largest_component": False, "per_class_largest_component": []}
 
@@ -58,7 +63,19 @@ def apply_postprocessing(seg: np.ndarray, spec: dict, label_values: Iterable[int
     if spec["foreground_largest_component"]:
         foreground = out != 0
         out[foreground & ~keep_largest_component(foreground)] = 0
-    for v in spec["per_class_largest_component"]:
-        mask = out == v
-        out[mask & ~keep_largest_component(mask)] = 0
+    keep_largest_per_class(out, spec["per_class_largest_component"])
     return out
+
+
+def keep_largest_per_class(seg: np.ndarray, label_values: Iterable[int]) -> None:
+    """In place: each listed value keeps only its largest component, the rest becomes background."""
+    values = list(dict.fromkeys(int(v) for v in label_values if int(v) != 0))
+    if not values:
+        return
+    index = class_index_map(seg, values)
+    for i, box in enumerate(class_boxes(index, len(values)), start=1):
+        if box is None:
+            continue
+        mask = index[box] == i
+        view = seg[box]
+        view[mask & ~keep_largest_component(mask)] = 0

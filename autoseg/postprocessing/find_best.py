@@ -31,7 +31,8 @@ import numpy as np
 
 from autoseg.atomic import read_json, remove_partials
 from autoseg.errors import UserError
-from autoseg.evaluation.metrics import dice_per_label
+from autoseg.evaluation.metrics import (class_boxes, class_counts, class_index_map, dice_from_counts,
+                                        foreground_values)
 from autoseg.postprocessing.connected_components import keep_largest_component
 from autoseg.postprocessing.ensemble import (PROBABILITIES_SUFFIX, find_label_values,
                                              segmentation_from_probability_files)
@@ -147,24 +148,56 @@ class PostprocessingScores:
     case so that every candidate's postprocessing is decided in the one pass over the cases.
 
     A class's own step changes only that class's voxels (they become background), so each class
-    is decided on its own Dice.
+    is decided on its own Dice. The counts of all classes come from one pass over the volume and
+    a class's own step is worked out inside its bounding box: with a hundred classes a case costs
+    a few full passes, not a few hundred.
     """
 
     def __init__(self, labels: Sequence[int]) -> None:
-        self.labels = list(labels)
+        self.labels = foreground_values(labels)
         self.base: dict[bool, list[dict[int, float]]] = {False: [], True: []}  # foreground step off/on
         self.own: dict[bool, list[dict[int, float]]] = {False: [], True: []}  # + that class's own step
 
-    def add(self, ref: np.ndarray, seg: np.ndarray) -> None:
-        seg_fg = np.where(keep_largest_component(seg != 0), seg, 0).astype(seg.dtype)
-        for fg, s in ((False, seg), (True, seg_fg)):
-            self.base[fg].append(dice_per_label(ref, s, self.labels))
-            own = {}
-            for v in self.labels:
-                mask = s == v
-                cleaned = np.where(mask & ~keep_largest_component(mask), 0, s).astype(s.dtype)
-                own[v] = dice_per_label(ref, cleaned, [v])[v]
+    def reference_index(self, ref: np.ndarray) -> np.ndarray:
+        """The reference as class indices (:func:`class_index_map`), shared by every candidate of a case."""
+        return class_index_map(ref, self.labels)
+
+    def add(self, ref: np.ndarray, seg: np.ndarray, ref_index: np.ndarray | None = None) -> None:
+        """Score one case; ``ref_index``: :meth:`reference_index` of ``ref``, when already computed."""
+        ref_index = self.reference_index(ref) if ref_index is None else ref_index
+        seg_index = class_index_map(seg, self.labels)
+        foreground = seg != 0
+        largest = keep_largest_component(foreground)
+        variants = {False: seg_index}
+        # one foreground component: the step changes nothing, and neither do its scores
+        variants[True] = seg_index if np.array_equal(largest, foreground) else np.where(largest, seg_index, 0)
+        for fg, index in variants.items():
+            if fg and index is seg_index:
+                self.base[True].append(dict(self.base[False][-1]))
+                self.own[True].append(dict(self.own[False][-1]))
+                continue
+            base, own = self._scores(ref_index, index)
+            self.base[fg].append(base)
             self.own[fg].append(own)
+
+    def _scores(self, ref_index: np.ndarray, seg_index: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
+        """Dice of every class, and of every class after its own largest-component step."""
+        k = len(self.labels)
+        tp, n_ref, n_pred = class_counts(ref_index, seg_index, k)
+        base = dice_from_counts(tp, n_ref, n_pred)
+        own = base.copy()
+        for i, box in enumerate(class_boxes(seg_index, k), start=1):
+            if box is None:
+                continue
+            mask = seg_index[box] == i
+            removed = mask & ~keep_largest_component(mask)
+            n_removed = int(np.count_nonzero(removed))
+            if n_removed:
+                tp_removed = int(np.count_nonzero(removed & (ref_index[box] == i)))
+                own[i] = dice_from_counts(tp[i] - tp_removed, n_ref[i], n_pred[i] - n_removed)
+        values = self.labels
+        return ({v: float(base[i]) for i, v in enumerate(values, start=1)},
+                {v: float(own[i]) for i, v in enumerate(values, start=1)})
 
     def decide(self) -> tuple[dict, dict, dict]:
         """(spec, before, after): which steps raise the cross-validation Dice, and the Dice either side."""
@@ -239,12 +272,13 @@ def find_best_configuration(
     scores = [PostprocessingScores(labels) for _ in candidates]
     for case in tqdm(cases, desc="score candidates", disable=not progress):
         ref = read_label(references[case])[0]
+        ref_index = scores[0].reference_index(ref)
         for cand, score in zip(candidates, scores):
             seg = _candidate_segmentation(cand, case)
             if seg.shape != ref.shape:
                 raise UserError(f"{cand[0].segmentations[case]}: shape {seg.shape} differs from reference "
                                 f"{references[case]} {ref.shape}")
-            score.add(ref, seg)
+            score.add(ref, seg, ref_index)
     table, decisions = [], []
     for cand, score in zip(candidates, scores):
         spec, before, after = score.decide()

@@ -25,41 +25,88 @@ PREVIEW_FOLDER = "find_best_previews"
 RANKS = ("best", "median", "worst")
 
 
+# Classes named one by one where a selected postprocessing touches at most this many; more are counted
+# and the per-class table marks them.
+MAX_NAMED_STEPS = 6
+
+
+def _candidate_panel(ax, selection: Selection) -> None:
+    """Mean Dice of every candidate, best on top: postprocessed and raw bars side by side."""
+    ranked = selection.ranked_candidates()
+    y = np.arange(len(ranked))
+    ax.barh(y - 0.2, [c.postprocessed_mean_dice for c in ranked], 0.4, label="mean, postprocessed", color="tab:blue")
+    ax.barh(y + 0.2, [c.mean_dice for c in ranked], 0.4, label="mean, raw", color="tab:grey")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"#{i + 1} " + c.name.replace(" + ", "\n+ ") + (" (selected)" if c.name == selection.selected.name
+                                                                         else "") for i, c in enumerate(ranked)],
+                       fontsize=7)
+    ax.set_ylim(len(ranked) + 0.4, -0.5)  # a free slot below the last candidate holds the legend
+    low = min((v for c in ranked for v in (c.mean_dice, c.postprocessed_mean_dice)), default=0.0)
+    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    ax.set_xlabel("cross-validation Dice, mean over classes", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(axis="x", alpha=0.3)
+
+
 def write_chart(selection: Selection, path: str | os.PathLike) -> None:
-    """Grouped bars: mean foreground Dice after and before postprocessing, and per-class Dice
-    before it, for every candidate."""
-    import matplotlib
+    """Left: mean Dice of every candidate after and before postprocessing. Right: per class (named,
+    worst first by the selected candidate's postprocessed Dice, in columns of at most
+    :data:`~autoseg.evaluation.plots.MAX_ROWS_PER_PANEL` rows) every candidate's raw Dice as a
+    marker and the selected candidate's postprocessed Dice as a black diamond."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    from autoseg.evaluation.plots import ROW_INCHES, row_groups, worst_first
 
-    cands = selection.candidates
-    classes = list(cands[0].per_class_dice) if cands else []
-    series = [("mean, postprocessed", [c.postprocessed_mean_dice for c in cands]),
-              ("mean, raw", [c.mean_dice for c in cands])] + [
-        (f"{selection.class_label(k)}, raw", [c.per_class_dice[k] for c in cands]) for k in classes]
-    x = np.arange(len(cands))
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cands) + 2), 4.5))
-    for i, (label, values) in enumerate(series):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels([c.name.replace(" + ", "\n+ ") for c in cands], fontsize=7, rotation=0)
-    ax.set_ylabel("cross-validation Dice")
-    low = min((v for _, vals in series for v in vals), default=0.0)
-    ax.set_ylim(max(0.0, low - 0.05), 1.0)
-    ax.set_title(f"selected: {selection.selected.name}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ranked = selection.ranked_candidates()
+    chosen = next((c for c in ranked if c.name == selection.selected.name), ranked[0] if ranked else None)
+    classes = list(chosen.per_class_dice) if chosen else []
+    order = worst_first(classes, {k: [chosen.postprocessed_per_class_dice.get(k, chosen.per_class_dice[k])]
+                                  for k in classes}) if chosen else []
+    groups = row_groups(len(order)) if order else []
+    rows = max([len(g) for g in groups] + [len(ranked), 4])
+    name_inches = 0.065 * max((len(selection.class_label(k)) for k in classes), default=8)
+    fig = Figure(figsize=(4.5 + len(groups) * (3.0 + name_inches), 1.8 + ROW_INCHES * rows), dpi=100,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 1 + len(groups), squeeze=False)[0]
+    _candidate_panel(axes[0], selection)
+    markers = "o^sv<>p*hX"
+    low = min([v for c in ranked for v in c.per_class_dice.values()] + [1.0])
+    for ax, group in zip(axes[1:], groups, strict=True):
+        keys = [order[i] for i in group]
+        y = np.arange(1, len(keys) + 1)
+        for i, c in enumerate(ranked):
+            ax.scatter([c.per_class_dice.get(k, np.nan) for k in keys], y, s=14, alpha=0.8,
+                       marker=markers[i % len(markers)], color=f"C{i % 10}", zorder=3)
+        ax.scatter([chosen.postprocessed_per_class_dice.get(k, np.nan) for k in keys], y, s=22, marker="D",
+                   facecolors="none", edgecolors="black", zorder=4)
+        ax.set_yticks(y)
+        ax.set_yticklabels([selection.class_label(k) for k in keys], fontsize=7)
+        ax.set_ylim(rows + 0.5, 0.5)
+        ax.set_xlim(max(0.0, low - 0.05), 1.01)
+        ax.set_xlabel("Dice per class", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    if groups:
+        handles = [Line2D([], [], ls="", marker=markers[i % len(markers)], color=f"C{i % 10}", label=f"#{i + 1}, raw")
+                   for i in range(len(ranked))]
+        handles.append(Line2D([], [], ls="", marker="D", markerfacecolor="none", markeredgecolor="black",
+                              label="selected, postprocessed"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=7)
+    fig.suptitle(f"selected: {selection.selected.name}; classes worst first", fontsize=9)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        fig.savefig(tmp, format="png")
 
 
 def _steps(spec: dict, label_names: dict[str, str]) -> str:
-    """The largest-component steps in a few words, e.g. ``foreground; RV (1), LV (3)``."""
-    classes = ", ".join(class_label(label_names, v) for v in spec["per_class_largest_component"])
+    """The largest-component steps in a few words, e.g. ``foreground; RV (1), LV (3)``; more than
+    :data:`MAX_NAMED_STEPS` classes are counted (the per-class table names them)."""
+    per_class = spec["per_class_largest_component"]
+    if len(per_class) > MAX_NAMED_STEPS:
+        classes = f"{len(per_class)} classes (see \"Per class\")"
+    else:
+        classes = ", ".join(class_label(label_names, v) for v in per_class)
     steps = (["foreground"] if spec["foreground_largest_component"] else []) + ([classes] if classes else [])
     return "; ".join(steps) or "none"
 
@@ -257,12 +304,15 @@ def _previews_markdown(previews: CasePreviews, selection: Selection) -> list[str
         "dashed outline: the reference label. Slices through the structures, in millimetres "
         "(documentation/evaluation.md, \"Pictures\").",
         "",
-        "| rank | case | fold | mean Dice | " + " | ".join(selection.class_label(k) for k in classes) + " |",
-        "|---|---|---|---|" + "---|" * len(classes),
+        "| | " + " | ".join(p.rank for p in previews.cases) + " |",
+        "|---|" + "---|" * len(previews.cases),
+        "| case | " + " | ".join(p.case_id for p in previews.cases) + " |",
+        "| fold | " + " | ".join(str(p.fold) for p in previews.cases) + " |",
+        "| mean Dice | " + " | ".join(f"{p.mean_dice:.4f}" for p in previews.cases) + " |",
     ]
-    for p in previews.cases:
-        lines.append(f"| {p.rank} | {p.case_id} | {p.fold} | {p.mean_dice:.4f} | "
-                     + " | ".join(f"{p.per_class_dice.get(k, float('nan')):.4f}" for k in classes) + " |")
+    for k in classes:  # one row per class: a hundred classes stay a readable table
+        lines.append(f"| {selection.class_label(k)} | "
+                     + " | ".join(f"{p.per_class_dice.get(k, float('nan')):.4f}" for p in previews.cases) + " |")
     lines.append("")
     for p in previews.cases:
         if p.picture:
@@ -272,10 +322,42 @@ def _previews_markdown(previews: CasePreviews, selection: Selection) -> list[str
     return lines
 
 
+def _worst_class(per_class: Mapping[str, float], selection: Selection) -> str:
+    if not per_class:
+        return ""
+    k = min(per_class, key=lambda c: (per_class[c], int(c) if c.lstrip("-").isdigit() else 0))
+    return f"{selection.class_label(k)}: {per_class[k]:.4f}"
+
+
+def _per_class_markdown(selection: Selection) -> list[str]:
+    """One row per class (by label value): every candidate's raw Dice, the selected one's after its
+    postprocessing, and whether that postprocessing keeps only the class's largest component."""
+    ranked = selection.ranked_candidates()
+    chosen = next((c for c in ranked if c.name == selection.selected.name), None)
+    classes = sorted(ranked[0].per_class_dice, key=lambda k: int(k) if k.lstrip("-").isdigit() else 0) if ranked else []
+    if not classes:
+        return []
+    reduced = {str(v) for v in selection.selected.postprocessing.get("per_class_largest_component", [])}
+    lines = [
+        "## Per class",
+        "",
+        ("Cross-validation Dice of every class, raw for each candidate (numbered as ranked above) and of the "
+         "selected candidate after its postprocessing; *largest component*: the selected postprocessing keeps "
+         "only that class's largest component."),
+        "",
+        "| class | " + " | ".join(f"#{i + 1}, raw" for i in range(len(ranked))) + " | selected, postprocessed | largest component |",
+        "|---|" + "---|" * (len(ranked) + 2),
+    ]
+    for k in classes:
+        post = f"{chosen.postprocessed_per_class_dice[k]:.4f}" if chosen and k in chosen.postprocessed_per_class_dice else ""
+        lines.append(f"| {selection.class_label(k)} | " + " | ".join(f"{c.per_class_dice.get(k, float('nan')):.4f}"
+                                                                    for c in ranked)
+                     + f" | {post} | {'yes' if k in reduced else ''} |")
+    return lines + [""]
+
+
 def report_markdown(selection: Selection, previews: CasePreviews | None = None) -> str:
     sel = selection.selected
-    cands = selection.candidates
-    classes = list(cands[0].per_class_dice) if cands else []
     lines = [
         "# find-best-configuration",
         "",
@@ -285,28 +367,31 @@ def report_markdown(selection: Selection, previews: CasePreviews | None = None) 
         f"Candidates are ranked on {selection.ranked_on} Dice; each one's postprocessing (largest connected "
         "component of the foreground and/or of single labels) is decided on its own predictions.",
         "",
-        "| candidate | mean Dice, postprocessed | postprocessing | mean Dice, raw | "
-        + " | ".join(f"{selection.class_label(k)}, raw" for k in classes) + " |",
-        "|---|---|---|---|" + "---|" * len(classes),
+        "| # | candidate | mean Dice, postprocessed | postprocessing | mean Dice, raw | worst class, raw |",
+        "|---|---|---|---|---|---|",
     ]
-    for c in selection.ranked_candidates():
+    for i, c in enumerate(selection.ranked_candidates()):
         mark = " **(selected)**" if c.name == sel.name else ""
-        lines.append(f"| {c.name}{mark} | {c.postprocessed_mean_dice:.4f} | {_steps(c.postprocessing, selection.label_names)} | "
-                     f"{c.mean_dice:.4f} | " + " | ".join(f"{c.per_class_dice[k]:.4f}" for k in classes) + " |")
+        lines.append(f"| {i + 1} | {c.name}{mark} | {c.postprocessed_mean_dice:.4f} | "
+                     f"{_steps(c.postprocessing, selection.label_names)} | {c.mean_dice:.4f} | "
+                     f"{_worst_class(c.per_class_dice, selection)} |")
     pp = sel.postprocessing
+    per_class = pp["per_class_largest_component"]
     lines += [
         "",
         "## Postprocessing of the selected candidate",
         "",
         f"- keep largest foreground component: {'yes' if pp['foreground_largest_component'] else 'no'}",
         "- keep largest component per class: "
-        + (", ".join(selection.class_label(str(v)) for v in pp["per_class_largest_component"]) or "none"),
+        + (f"{len(per_class)} classes (column *largest component* under \"Per class\")" if len(per_class) > MAX_NAMED_STEPS
+           else ", ".join(selection.class_label(str(v)) for v in per_class) or "none"),
         f"- mean Dice before: {selection.dice_before_postprocessing['mean']:.4f}, "
         f"after: {selection.dice_after_postprocessing['mean']:.4f}",
         "",
-        f"![Dice per candidate]({CHART_NAME})",
+        f"![Dice per candidate and class]({CHART_NAME})",
         "",
     ]
+    lines += _per_class_markdown(selection)
     if previews is not None:
         lines += _previews_markdown(previews, selection)
     if selection.warnings:

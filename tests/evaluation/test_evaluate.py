@@ -51,7 +51,7 @@ def test_evaluate_folders_summary(folders):
     saved = json.loads((pred / "summary.json").read_text())
     assert saved["mean"] == s["mean"]
     rows = list(csv.reader(open(pred / "summary.csv")))
-    assert rows[0][:3] == ["case_id", "label", "Dice"]
+    assert rows[0][:4] == ["case_id", "label", "name", "Dice"]
     assert len(rows) == 1 + 4 * 2 + 2 + 1
 
 

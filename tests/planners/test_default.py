@@ -12,7 +12,7 @@ from autoseg.errors import UserError
 from autoseg.fingerprint.fingerprint import FINGERPRINT_VERSION, CaseFingerprint, ChannelIntensity, Fingerprint
 from autoseg.planners import get_planner
 from autoseg.planners.base import Planner, resolve_profile
-from autoseg.planners.default import CPU_FLOPS_PER_ITERATION, DefaultPlanner
+from autoseg.planners.default import CPU_FLOPS_PER_ITERATION, DefaultPlanner, oriented_axes
 from autoseg.planners.plans import Plans
 from autoseg.planners.topology import fit_patch, plan_topology, total_stride, training_flops, training_memory_bytes
 
@@ -96,8 +96,8 @@ def test_fit_patch_rounds_up_to_stride():
 
 def test_memory_estimate_calibration():
     """nnU-Net's usual 8 GB plan (128^3, batch 2) fits in 8 GB; 160^3 does not."""
-    assert training_memory_bytes(plan_topology([128] * 3, [1] * 3, 32, 320), [128] * 3, 2) < 8e9
-    assert training_memory_bytes(plan_topology([160] * 3, [1] * 3, 32, 320), [160] * 3, 2) > 8e9
+    assert training_memory_bytes(plan_topology([128] * 3, [1] * 3, 32, 320), [128] * 3, 2, 3) < 8e9
+    assert training_memory_bytes(plan_topology([160] * 3, [1] * 3, 32, 320), [160] * 3, 2, 3) > 8e9
 
 
 # --- default planner on hand-made fingerprints ---
@@ -132,7 +132,37 @@ def test_gpu_memory_budget_shrinks_patch():
     big = DefaultPlanner(fp, gpu_memory_gb=24, profile="gpu").plan().configurations["3d_fullres"]
     small = DefaultPlanner(fp, gpu_memory_gb=6, profile="gpu").plan().configurations["3d_fullres"]
     assert math.prod(small.patch_size) < math.prod(big.patch_size)
-    assert training_memory_bytes(small.network, small.patch_size, small.batch_size) <= 6e9
+    assert training_memory_bytes(small.network, small.patch_size, small.batch_size, 3) <= 6e9
+
+
+def test_many_classes_count_in_the_gpu_memory_estimate():
+    """A 104-class CT-like dataset (sparse values up to 311) gets a smaller patch x batch than the
+    same images with 2 classes, and its plan fits the budget with its 104 output channels counted."""
+    spacings, shapes = [(1.5, 0.8, 0.8)] * 50, [(300, 400, 400)] * 50
+    values = (0, *[2 + 3 * i for i in range(104)])
+    few = DefaultPlanner(make_fingerprint(spacings, shapes, label_values=(0, 1)), gpu_memory_gb=8, profile="gpu")
+    many = DefaultPlanner(make_fingerprint(spacings, shapes, label_values=values), gpu_memory_gb=8, profile="gpu")
+    a, b = (p.plan().configurations["3d_fullres"] for p in (few, many))
+    assert math.prod(b.patch_size) * b.batch_size < math.prod(a.patch_size) * a.batch_size
+    assert training_memory_bytes(b.network, b.patch_size, b.batch_size, 105) <= 8e9
+    # the outputs are what differs: 12 bytes per class and output voxel
+    t = plan_topology([128] * 3, [1] * 3, 32, 320)
+    extra = training_memory_bytes(t, [128] * 3, 2, 105) - training_memory_bytes(t, [128] * 3, 2, 2)
+    heads = sum(128 ** 3 // 8 ** s for s in range(t.n_stages - 1))
+    assert extra == pytest.approx(heads * 103 * 2 * 12)
+    plans = many.plan()
+    check_consistent(plans, many)
+    assert plans.label_values == list(values)
+
+
+def test_oriented_axes_with_a_hundred_classes():
+    """Classes stacked along z in every case: z is oriented, y and x (random) are not; quick
+    although every pair of 104 classes is compared."""
+    rng = np.random.default_rng(0)
+    centroids = [{v: [float(v), *rng.normal(size=2)] for v in range(1, 105)} for _ in range(200)]
+    assert oriented_axes(centroids) == [0]
+    assert oriented_axes(centroids[:5]) == []  # too few cases hold each pair
+    assert oriented_axes([{1: [0.0, 0.0, 0.0]}] * 20) == []
 
 
 def test_anisotropic_plan():

@@ -86,11 +86,14 @@ def test_section_lists_best_median_worst_from_summaries(tmp_path):
 
     text = report_markdown(_selection("3d_fullres"), previews)
     section = text[text.index("## Validation cases of the selected candidate"):]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "case_" in line]
-    assert [r.split(" | ")[:3] for r in rows] == [["| best", "case_000", "0"], ["| median", "case_002", "2"],
-                                                  ["| worst", "case_004", "4"]]
-    assert [float(r.split(" | ")[3]) for r in rows] == pytest.approx(means, abs=1e-4)
-    assert "| rank | case | fold | mean Dice | inner (1) | outer (2) |" in section
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in section.splitlines() if line.startswith("| ")}
+    assert rows[""] == ["best", "median", "worst |"]
+    assert rows["case"] == ["case_000", "case_002", "case_004 |"] and rows["fold"] == ["0", "2", "4 |"]
+    assert [float(v.rstrip(" |")) for v in rows["mean Dice"]] == pytest.approx(means, abs=1e-4)
+    # a row per class, named as dataset.json names it
+    assert [float(v.rstrip(" |")) for v in rows["inner (1)"]] == pytest.approx(
+        [dice[c][1]["1"] for c in ("case_000", "case_002", "case_004")], abs=1e-4)
+    assert "outer (2)" in rows
     for p in previews.cases:
         assert f"![{p.rank}: {p.case_id}, mean Dice {p.mean_dice:.4f}]({PREVIEW_FOLDER}/{p.rank}.png)" in section
 
