@@ -31,7 +31,7 @@ def validate_fold(predictor: Predictor, ws: DatasetWorkspace, preprocessed: Prep
     from tqdm import tqdm
 
     from autoseg.dataset.layout import load_dataset
-    from autoseg.evaluation.evaluate import evaluate_case, mean_metrics, write_summary_csv
+    from autoseg.evaluation.evaluate import evaluate_case, mean_metrics, summary_label_names, write_summary_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(out_dir)
@@ -62,7 +62,8 @@ def validate_fold(predictor: Predictor, ws: DatasetWorkspace, preprocessed: Prep
         return {}
     labels = [v for v in label_values if v != 0]
     per_class, foreground = mean_metrics(per_case, labels)
-    summary = {"label_values": labels, "num_cases": len(per_case), "mean": per_class,
+    names = summary_label_names(labels, dict(zip(predictor.plans.label_values, predictor.plans.label_names)))
+    summary = {"label_values": labels, "label_names": names, "num_cases": len(per_case), "mean": per_class,
                "foreground_mean": foreground, "per_case": per_case}
     write_json(out_dir / "summary.json", summary)
     write_summary_csv(summary, out_dir / "summary.csv")
