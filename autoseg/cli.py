@@ -29,8 +29,15 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what is wrong, where the help is), not the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autoseg",
         description="Self-configuring medical image segmentation: plan, preprocess, train, predict, evaluate.",
     )
@@ -47,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disk_error(error: OSError) -> str | None:
+    """One line for an OS error that is the disk's or the permissions' (naming the file), else None."""
+    import errno
+
+    codes = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if error.errno not in codes or error.filename is None:
+        return None
+    return f"{error.filename}: {error.strerror or error}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from autoseg.errors import UserError
 
@@ -56,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except (UserError, FileNotFoundError) as e:
         print(f"autoseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a full, read-only or forbidden disk met outside autoseg.atomic: still the user's to fix
+        message = _disk_error(e)
+        if message is None:
+            raise
+        print(f"autoseg {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autoseg {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

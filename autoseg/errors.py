@@ -62,3 +62,27 @@ class EvaluationError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint cannot be loaded safely or at all (code in it, truncated, not a checkpoint)."""
+
+
+class BusyError(UserError):
+    """Another process holds the lock on this work (the same fold, the dataset's preprocessing); the
+    message names it: pid, host, since when, its command."""
+
+
+class OutputError(UserError, OSError):
+    """A file cannot be written (no space left, read-only file system, permission denied, quota).
+
+    Also an :class:`OSError`, so code that tolerates a failed optional write still does; the
+    message names the file and the cause, and the earlier file of that name is left intact.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.filename = None if path is None else os.fspath(path)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # across processes (preprocessing workers) with its file and errno
+        return type(self), (str(self), self.filename, self.errno)

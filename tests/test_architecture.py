@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autoseg"
 # Lowest first. The order is the pipeline's, read as "who may use whom": training validates with
 # the prediction path, which ends with postprocessing and is scored by evaluation.
 STAGES = [
-    ["autoseg.errors", "autoseg.atomic", "autoseg.workspace", "autoseg.plugins", "autoseg.device",
+    ["autoseg.errors", "autoseg.atomic", "autoseg.locks", "autoseg.workspace", "autoseg.plugins", "autoseg.device",
      "autoseg.checkpoint", "autoseg.typed_json"],
     ["autoseg.dataset"],
     ["autoseg.synthetic"],

@@ -44,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import time
 
+    from autoseg.commands import check_at_least
     from autoseg.errors import UserError
     from autoseg.study.runner import StudyOptions, run_study
     from autoseg.synthetic import make_dataset
     from autoseg.workspace import workspace_root
 
+    for flag, value in (("--num-cases", args.num_cases), ("--num-test-cases", args.num_test_cases)):
+        check_at_least(flag, value, 1)
     start = time.time()
     root = workspace_root(args.workspace)
     data = root / "demo_data"

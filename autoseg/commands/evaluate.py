@@ -28,10 +28,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from autoseg.commands import check_at_least
     from autoseg.evaluation.evaluate import evaluate_folders
     from autoseg.evaluation.metrics import METRIC_NAMES
     from autoseg.evaluation.plots import BOXPLOT_NAME, dice_hd95_boxplot
 
+    check_at_least("-np/--num-workers", args.num_workers, 1)
+    check_at_least("--nsd-tolerance", args.nsd_tolerance, 0)
     summary = evaluate_folders(args.reference_folder, args.prediction_folder, args.labels, args.num_workers,
                                args.file_ending, args.output, args.nsd_tolerance)
     print(f"evaluated {summary['num_cases']} case(s); label values {summary['label_values']}")

@@ -31,9 +31,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from autoseg.commands import check_folds
     from autoseg.inference.model_archive import archive_summary, export_model
     from autoseg.workspace import resolve_dataset
 
+    check_folds("-f/--folds", args.folds)
     ws = resolve_dataset(args.dataset, args.workspace)
     manifest = export_model(ws, args.output, folds=args.folds, configuration=args.configuration,
                             trainer=args.trainer, checkpoint=args.checkpoint)

@@ -37,11 +37,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from autoseg.commands import check_folds
     from autoseg.errors import UserError
     from autoseg.inference.onnx_engine import ONNX_FOLDER, export_onnx
     from autoseg.postprocessing.selection import models_to_predict
     from autoseg.workspace import resolve_dataset
 
+    check_folds("-f/--folds", args.folds)
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"dataset workspace {ws.root} does not exist; check the dataset name and --workspace")

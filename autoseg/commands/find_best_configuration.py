@@ -28,10 +28,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autoseg.commands import check_folds
     from autoseg.errors import UserError
     from autoseg.postprocessing.find_best import find_best_configuration
     from autoseg.workspace import resolve_dataset
 
+    check_folds("--folds", args.folds, allow_all=False)
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"{ws.root}: no such dataset in the workspace; run plan-and-preprocess first")

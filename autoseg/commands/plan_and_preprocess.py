@@ -47,6 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autoseg.commands import check_positive
     from autoseg.dataset.integrity import verify_dataset
     from autoseg.dataset.layout import load_dataset
     from autoseg.errors import DatasetError, UserError
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_workers < 1:
         raise UserError(f"-np must be at least 1, got {args.num_workers}")
+    check_positive("--gpu-memory", args.gpu_memory)
     started = time.perf_counter()
     if args.verify_only:
         spec = load_dataset(args.dataset)

@@ -155,6 +155,27 @@ def _write_part_volumes(predictors: list[Predictor], part: FolderPart, output_fo
     return path
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What the options alone can say is wrong, and the input and output folders, before any model
+    loads: a prediction must not run for minutes and then fail to write its first result."""
+    from autoseg.atomic import check_writable_folder
+    from autoseg.commands import check_at_least, check_folds
+    from autoseg.errors import UserError
+
+    check_folds("-f/--folds", args.folds)
+    check_at_least("-np/--num-workers", args.num_workers, 1)
+    check_at_least("--refine", args.refine, 0)
+    source = Path(args.input).expanduser()
+    if not source.is_dir():
+        what = "is a file, not a folder" if source.exists() else "does not exist"
+        raise UserError(f"input folder {source} {what}")
+    if not any(not f.name.startswith(".") for f in source.iterdir()):
+        raise UserError(f"input folder {source} is empty: no images found")
+    if Path(args.output).expanduser().resolve() == source.resolve():
+        raise UserError(f"-o {args.output}: the output folder must differ from the input folder")
+    check_writable_folder(Path(args.output).expanduser())
+
+
 def run(args: argparse.Namespace) -> int:
     from autoseg.errors import UserError
     from autoseg.inference.folder import predict_folder
@@ -163,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from autoseg.workspace import resolve_dataset
 
     part = _input_part(args)
+    _check_arguments(args)
     if (args.dataset is None) == (args.model is None):
         raise UserError("say which model: -d DATASET (trained in the workspace) or --model ZIP (a model archive)")
     if args.model is not None:

@@ -112,8 +112,10 @@ def build_executor(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from autoseg.commands import check_positive
     from autoseg.study.runner import StudyOptions, run_study
 
+    check_positive("--gpu-memory", args.gpu_memory)
     executor = build_executor(args)
     options = StudyOptions(
         configurations=args.configurations, trainers=args.trainers, folds=args.folds, epochs=args.epochs,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 DESCRIPTION = """Train one cross-validation fold of a planned configuration, then predict the fold's
@@ -64,41 +65,86 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options, checked before any data or model is loaded."""
     from autoseg.errors import UserError
+
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--iters-per-epoch", args.iters_per_epoch, 1),
+                               ("--val-iters", args.val_iters, 0), ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be at least {least}, got {value}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise UserError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g}")
+
+
+def _fold(text: str) -> str:
+    """FOLD as the trainer names its folder: a fold number without leading zeros, or 'all'."""
+    from autoseg.errors import UserError
+
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise UserError(f"fold '{text}' must be a fold number (0-4) or 'all'")
+    return str(int(text))
+
+
+def _fold_lock(ws, trainer_cls, configuration: str, fold: str) -> contextlib.AbstractContextManager:
+    """The fold's lock (the one 'autoseg run' trains it under), taken at once or refused naming its
+    holder. Under torchrun rank 0 alone takes it, for all ranks: the others would be refused by it."""
+    from autoseg.errors import BusyError
+    from autoseg.locks import LockBusy, file_lock, fold_lock_path
+    from autoseg.trainers.distributed import DistributedContext
+
+    if DistributedContext.from_env().rank != 0:
+        return contextlib.nullcontext()
+    model = f"{trainer_cls.results_name()}__{configuration}"
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(file_lock(fold_lock_path(ws.fold_dir(trainer_cls.results_name(), configuration, fold)),
+                                      wait=False))
+    except LockBusy as e:
+        raise BusyError(f"{model} fold {fold} of {ws.root} is already being trained by {e.holder}; "
+                        "wait for it or stop it") from None
+    return stack
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoseg.errors import BusyError, UserError
+    from autoseg.planners.plans import Plans
+    from autoseg.preprocessing.plan_and_preprocess import preprocessing_holder
     from autoseg.trainers.base import TrainingSettings
     from autoseg.trainers.registry import get_trainer
     from autoseg.workspace import resolve_dataset
 
+    _check_numbers(args)
+    fold = _fold(args.fold)
     ws = resolve_dataset(args.dataset, args.workspace)
     if not ws.root.is_dir():
         raise UserError(f"{ws.root} does not exist; run 'autoseg plan-and-preprocess {args.dataset}' first")
-    trainer_name = args.trainer
-    if trainer_name is None:
-        from autoseg.planners.plans import Plans
-
-        if not ws.plans_file.is_file():
-            raise UserError(f"{ws.plans_file} does not exist; run 'autoseg plan-and-preprocess' first")
-        plans = Plans.load(ws.plans_file)
-        try:
-            trainer_name = plans.configuration(args.configuration).trainer
-        except KeyError as e:
-            raise UserError(f"{ws.plans_file}: {e.args[0]}") from None
-    trainer_cls = get_trainer(trainer_name)
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise UserError("--time-budget must be a positive number of minutes")
+    holder = preprocessing_holder(ws)
+    if holder is not None:
+        raise BusyError(f"plan-and-preprocess is running on {ws.root} ({holder}); wait for it, then train")
+    if not ws.plans_file.is_file():
+        raise UserError(f"{ws.plans_file} does not exist; run 'autoseg plan-and-preprocess' first")
+    plans = Plans.load(ws.plans_file)
+    try:
+        planned_trainer = plans.configuration(args.configuration).trainer
+    except KeyError as e:
+        raise UserError(f"{ws.plans_file}: {e.args[0]}") from None
+    trainer_cls = get_trainer(args.trainer or planned_trainer)
     settings = TrainingSettings(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
         time_budget_min=args.time_budget, device=args.device, precision=args.precision,
         num_workers=args.num_workers, final_validation=not args.no_validation,
         continue_training=args.continue_training, group_regex=args.group_regex, seed=args.seed,
         optimizer=args.optimizer, augmentation=args.augmentation, loss=args.loss)
-    trainer = trainer_cls(ws, args.configuration, args.fold, settings)
-    try:
-        summary = trainer.run()
-    except KeyboardInterrupt:
-        print("autoseg train: interrupted; resume with the same command plus --continue", file=sys.stderr)
-        return 130
+    with _fold_lock(ws, trainer_cls, args.configuration, fold):
+        trainer = trainer_cls(ws, args.configuration, fold, settings)
+        try:
+            summary = trainer.run()
+        except KeyboardInterrupt:
+            print("autoseg train: interrupted; resume with the same command plus --continue", file=sys.stderr)
+            return 130
     if summary:
         fg = summary.get("foreground_mean", {})
         print(f"validation of fold {args.fold}: mean Dice {fg.get('Dice', float('nan')):.4f} over "

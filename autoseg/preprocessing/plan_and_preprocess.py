@@ -7,18 +7,24 @@ never leaves a half-made workspace. Preprocessing resumes: cases already done ar
 With ``reuse_plans`` an existing ``plans.json`` is kept instead of planned again: a study that
 resumes must train every fold on the plans its first folds were trained on, and a user may have
 edited the file by hand.
+
+One ``plan-and-preprocess`` per dataset at a time: it holds ``<dataset>/.preprocess.lock`` from its
+first write to its last, and refuses to start while another holds it or, when it would plan
+again, while a fold of the dataset is being trained on the plans it would replace.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from autoseg.atomic import read_json, write_json
 from autoseg.dataset.layout import DatasetSpec, load_dataset
-from autoseg.errors import DatasetError, UserError
+from autoseg.errors import BusyError, DatasetError, UserError
+from autoseg.locks import PREPROCESS_LOCK, STUDY_LOCK, LockBusy, file_lock, lock_holder
 from autoseg.planners.plans import Plans
 from autoseg.preprocessing.preprocessed import PreprocessedFolder
 from autoseg.workspace import DatasetWorkspace
@@ -39,8 +45,8 @@ class PreparedDataset:
     def describe(self) -> list[str]:
         """The lines ``plan-and-preprocess`` prints about the dataset and its plans."""
         spec, plans = self.spec, self.plans
-        lines = [f"{spec.name}: {len(spec.cases)} cases, {len(plans.channel_names)} channel(s) {plans.channel_names}, "
-                 f"label values {plans.label_values}, profile {plans.profile}"]
+        lines = [(f"{spec.name}: {len(spec.cases)} cases, {len(plans.channel_names)} channel(s) "
+                  f"{plans.channel_names}, label values {plans.label_values}, profile {plans.profile}")]
         for name, config in plans.configurations.items():
             spacing = "x".join(f"{s:.3g}" for s in config.spacing)
             patch = "x".join(str(s) for s in config.patch_size)
@@ -116,6 +122,7 @@ def plan_and_preprocess(
     spec = load_dataset(dataset)
     ws = DatasetWorkspace.create(workspace, name or Path(spec.root).name)
     plans = _reusable_plans(ws, spec) if reuse_plans else None
+    refuse_if_busy(ws, planning=plans is None)  # before the check, which reads every image
     if plans is not None:
         selected = _check_configurations(plans, configurations)
         # re-reading every image only to find what the first run found costs minutes on a large
@@ -125,33 +132,81 @@ def plan_and_preprocess(
             problems = verify_dataset(spec, num_workers)
             if problems:
                 raise DatasetError(problems, spec.root)
-        prepared = PreparedDataset(spec, ws, plans, selected, reused_plans=True, verified=verified)
     else:
+        planner_cls = _planner_class(planner, force_hybrid)
         problems = verify_dataset(spec, num_workers)
         if problems:
             raise DatasetError(problems, spec.root)
-        prepared = _plan(spec, ws, num_workers, planner, gpu_memory_gb, profile, configurations, force_hybrid, n4)
-    if on_planned is not None:
-        on_planned(prepared)
-    if plan_only:
-        return prepared
+    with preprocess_lock(ws):  # taken only now: a dataset that fails its check leaves no workspace
+        if plans is None:
+            refuse_if_training(ws)  # again: a training may have started during the check
+        if plans is not None:
+            prepared = PreparedDataset(spec, ws, plans, selected, reused_plans=True, verified=verified)
+        else:
+            prepared = _plan(spec, ws, num_workers, planner_cls, gpu_memory_gb, profile, configurations, force_hybrid, n4)
+        if on_planned is not None:
+            on_planned(prepared)
+        if plan_only:
+            return prepared
 
-    from autoseg.preprocessing.runner import preprocess_dataset
+        from autoseg.preprocessing.runner import preprocess_dataset
 
-    prepared.counts = preprocess_dataset(spec, prepared.plans, prepared.configurations, ws, num_workers,
-                                         n4=prepared.plans.n4_bias_correction, progress=progress)
+        prepared.counts = preprocess_dataset(spec, prepared.plans, prepared.configurations, ws, num_workers,
+                                             n4=prepared.plans.n4_bias_correction, progress=progress)
     return prepared
 
 
-def _plan(spec: DatasetSpec, ws: DatasetWorkspace, num_workers: int, planner: str, gpu_memory_gb: float,
-          profile: str, configurations: Sequence[str] | None, force_hybrid: bool, n4: bool) -> PreparedDataset:
-    from autoseg.fingerprint.fingerprint import compute_fingerprint
+def preprocessing_holder(ws: DatasetWorkspace) -> str | None:
+    """Who is planning or preprocessing the dataset now (pid, host, since, command), or None."""
+    return lock_holder(ws.root / PREPROCESS_LOCK)
+
+
+def refuse_if_busy(ws: DatasetWorkspace, planning: bool) -> None:
+    """Raise :class:`BusyError` naming the holder while another process preprocesses the dataset or,
+    when ``planning`` (plans.json is to be written again), while a study or a fold trains on it."""
+    holder = preprocessing_holder(ws)
+    if holder is not None:
+        raise BusyError(f"plan-and-preprocess is already running on {ws.root} ({holder}); wait for it")
+    if planning:
+        refuse_if_training(ws)
+
+
+def refuse_if_training(ws: DatasetWorkspace) -> None:
+    """Raise :class:`BusyError` naming the holder while a study or a fold trains on the dataset."""
+    for lock in [ws.root / STUDY_LOCK, *sorted(ws.root.glob("results/*/.fold_*.lock"))]:
+        holder = lock_holder(lock)
+        if holder is not None:
+            what = "an 'autoseg run' study" if lock.name == STUDY_LOCK else f"{lock.parent.name} {lock.stem[1:]}"
+            raise BusyError(f"{what} is training on {ws.root} ({holder}); planning again would replace the plans "
+                            "it trains on: wait for it or stop it")
+
+
+@contextlib.contextmanager
+def preprocess_lock(ws: DatasetWorkspace) -> Iterator[None]:
+    """Hold the dataset's preprocessing lock, or raise :class:`BusyError` naming its holder."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(ws.root / PREPROCESS_LOCK, wait=False))
+        except LockBusy as e:
+            raise BusyError(f"plan-and-preprocess is already running on {ws.root} ({e.holder}); wait for it") from None
+        yield
+
+
+def _planner_class(planner: str, force_hybrid: bool) -> type:
+    """The planner ``planner`` names, checked to take ``force_hybrid`` if asked (before anything is written)."""
     from autoseg.planners import get_planner
 
     planner_cls = get_planner(planner)
-    options = {"force_hybrid": True} if force_hybrid else {}
-    if options and "force_hybrid" not in inspect.signature(planner_cls).parameters:
+    if force_hybrid and "force_hybrid" not in inspect.signature(planner_cls).parameters:
         raise UserError(f"--hybrid: planner '{planner}' has no force_hybrid option")
+    return planner_cls
+
+
+def _plan(spec: DatasetSpec, ws: DatasetWorkspace, num_workers: int, planner_cls: type, gpu_memory_gb: float,
+          profile: str, configurations: Sequence[str] | None, force_hybrid: bool, n4: bool) -> PreparedDataset:
+    from autoseg.fingerprint.fingerprint import compute_fingerprint
+
+    options = {"force_hybrid": True} if force_hybrid else {}
     ws.root.mkdir(parents=True, exist_ok=True)
     write_json(ws.source_file, {"raw_path": str(spec.root), "layout": spec.layout})
     fingerprint = compute_fingerprint(spec, num_workers)

@@ -19,16 +19,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
+from autoseg.locks import file_lock, fold_lock_path
 from autoseg.workspace import DatasetWorkspace
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one study per dataset at a time is then the user's rule
-    fcntl = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -73,14 +69,15 @@ class TrainJob:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainJob":
+    def from_dict(cls, d: dict) -> TrainJob:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def is_done(job: TrainJob) -> bool:
     """The fold has trained and validated: its ``done.json`` exists."""
-    from autoseg.checkpoint import DONE  # here, not at the top: unpickling a job need not import torch
+    # here, not at the top: unpickling a job need not import torch
+    from autoseg.checkpoint import DONE
 
     return (job.fold_dir / DONE).is_file()
 
@@ -93,57 +90,12 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class LockBusy(Exception):
-    """Another process holds the lock; ``holder`` is what it wrote into the lock file."""
-
-    def __init__(self, holder: str) -> None:
-        super().__init__(holder)
-        self.holder = holder
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """An exclusive advisory lock on ``path``, released when the block ends or the holder dies.
-
-    Busy: with ``wait``, call ``on_wait(holder)`` and block until it is free; else raise
-    :class:`LockBusy`. Where locks are unavailable (Windows, some network file systems) the
-    block runs unlocked: a missing lock must not stop a study.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        locked = fcntl is not None
-        if locked:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                if not wait:
-                    raise LockBusy(holder) from None
-                if on_wait is not None:
-                    on_wait(holder)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            except OSError:  # e.g. ENOLCK on a network file system without lock support
-                locked = False
-        if locked:
-            f.seek(0)
-            f.truncate()
-            host = os.uname().nodename if hasattr(os, "uname") else "this machine"
-            f.write(f"pid {os.getpid()} on {host}\n")
-            f.flush()
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def fold_lock(job: TrainJob) -> contextlib.AbstractContextManager:
     """Hold the fold's lock; wait (saying so) while another process trains it."""
     def say(holder: str) -> None:
         print(f"{job.name} is being trained by {holder}; waiting for it", file=sys.stderr, flush=True)
 
-    return file_lock(job.fold_dir.parent / f".fold_{job.fold}.lock", wait=True, on_wait=say)
+    return file_lock(fold_lock_path(job.fold_dir), wait=True, on_wait=say)
 
 
 def run_train_job(job: TrainJob) -> dict:
@@ -217,7 +169,7 @@ def execute_job(job: TrainJob, target: Callable[[TrainJob], dict] = run_train_jo
         try:
             result = dict(target(job) or {})
             status, error = str(result.get("status", "done")), None
-        except Exception as e:  # one job's failure must not stop the others
+        except Exception as e:  # noqa: BLE001 - one job's failure must not stop the others
             traceback.print_exc()
             result, status, error = {}, "failed", error_line(e)
     return {"status": status, "error": error, "started": started, "ended": time.time(), "result": result}

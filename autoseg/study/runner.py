@@ -21,8 +21,9 @@ from typing import Any, Iterator, Sequence
 from autoseg.atomic import read_json, write_json
 from autoseg.checkpoint import DONE
 from autoseg.errors import UserError
+from autoseg.locks import STUDY_LOCK, LockBusy, file_lock
 from autoseg.study.executors import Executor, JobResult, LocalExecutor
-from autoseg.study.jobs import LockBusy, TrainJob, file_lock, is_done
+from autoseg.study.jobs import TrainJob, is_done
 from autoseg.study.status import JobStatus, StudyStatus, format_duration, timestamp
 from autoseg.workspace import DatasetWorkspace, workspace_root
 
@@ -190,7 +191,7 @@ def resolve_raw_dataset(raw_or_name: str | os.PathLike, workspace: str | os.Path
 def study_lock(ws: DatasetWorkspace) -> Iterator[None]:
     """One study per dataset at a time: a second would train the same folds."""
     try:
-        with file_lock(ws.root / ".study.lock", wait=False):
+        with file_lock(ws.root / STUDY_LOCK, wait=False):
             yield
     except LockBusy as e:
         raise UserError(f"another 'autoseg run' ({e.holder}) is working on {ws.root}; wait for it or stop it") from None
