@@ -125,9 +125,12 @@ def _rss_pss(pid: int) -> tuple[int, int]:
 class TreeMemoryMonitor:
     """Poll a process tree's summed RSS and PSS in a background thread; keep the peaks."""
 
-    def __init__(self, root_pid: int, interval_s: float = 0.1) -> None:
+    def __init__(self, root_pid: int, interval_s: float = 0.1, limit_bytes: int | None = None) -> None:
         self.root_pid = root_pid
         self.interval_s = interval_s
+        # a tree whose RSS passes the limit is killed (its process group): out of memory, recorded
+        self.limit_bytes = limit_bytes
+        self.out_of_memory = False
         self.peak_rss = 0
         self.peak_pss = 0
         self.max_processes = 0
@@ -156,10 +159,17 @@ class TreeMemoryMonitor:
     def _loop(self) -> None:
         start = time.monotonic()
         while not self._stop.is_set():
-            self.sample()
+            rss, _, _ = self.sample()
+            if self.limit_bytes is not None and rss > self.limit_bytes and not self.out_of_memory:
+                self.out_of_memory = True
+                try:
+                    os.killpg(self.root_pid, signal.SIGKILL)
+                except OSError:
+                    pass
             interval = self.interval_s
             if time.monotonic() - start > self.relaxed_after_s:
-                interval = max(interval, self.relaxed_interval_s)
+                # a memory limit needs closer watching than a peak does
+                interval = max(interval, self.relaxed_interval_s if self.limit_bytes is None else 0.25)
             self._stop.wait(interval)
 
     def __enter__(self) -> "TreeMemoryMonitor":
@@ -182,12 +192,15 @@ def run_measured(
     timeout_s: float | None = None,
     repeat: int = 0,
     poll_interval_s: float = 0.1,
+    memory_limit_bytes: int | None = None,
 ) -> RunResult:
     """Run ``command``, measuring wall time and the peak memory of its whole process tree.
 
     stdout and stderr go to ``log_file`` (not the terminal, so progress bars cost both tools the
     same and the benchmark's own output stays readable). On timeout the whole process group is
-    killed and ``returncode`` is -9.
+    killed and ``returncode`` is -9. Past ``memory_limit_bytes`` (the tree's RSS) it is killed too,
+    and ``extra["out_of_memory"]`` says so; so does a log that ends in a MemoryError or an
+    allocation failure (an allocation larger than the machine fails at once).
     """
     command = [str(c) for c in command]
     log_path = Path(log_file) if log_file else None
@@ -200,7 +213,7 @@ def run_measured(
         # A session of its own, so a timeout can kill workers that outlive their parent.
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        with TreeMemoryMonitor(proc.pid, poll_interval_s) as monitor:
+        with TreeMemoryMonitor(proc.pid, poll_interval_s, memory_limit_bytes) as monitor:
             try:
                 returncode = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -211,12 +224,21 @@ def run_measured(
     finally:
         if log_path:
             out.close()
+    extra = {}
+    if monitor.out_of_memory or (returncode != 0 and log_path and _ran_out_of_memory(log_path)):
+        extra["out_of_memory"] = True
     return RunResult(
         benchmark=benchmark, tool=tool, command=command, returncode=returncode, wall_s=round(wall, 3),
         peak_rss_bytes=monitor.peak_rss, peak_pss_bytes=monitor.peak_pss,
         max_processes=monitor.max_processes, repeat=repeat,
-        log_file=str(log_path) if log_path else "", started_at=started_at,
+        log_file=str(log_path) if log_path else "", started_at=started_at, extra=extra,
     )
+
+
+def _ran_out_of_memory(log_path: Path) -> bool:
+    text = tail(log_path, 60)
+    return any(s in text for s in ("MemoryError", "Unable to allocate", "DefaultCPUAllocator: can't allocate",
+                                   "not enough memory"))
 
 
 def tail(path: str | os.PathLike, n: int = 25) -> str:
